@@ -1,0 +1,6 @@
+"""Meta-learners behind one interface (see base.py) and the shared evaluator."""
+from .base import LEARNERS, DivergedError, MetaConfig, MetaLearner, build_learner, register, task_loss  # noqa: F401
+from .models import build_model  # noqa: F401
+
+# Importing the implementations registers them.
+from . import reptile, maml  # noqa: F401,E402

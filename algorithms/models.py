@@ -1,0 +1,54 @@
+"""The reference architectures (official supervised-reptile and MAML code).
+
+- Omniglot: 28x28x1 -> 4 x [conv 3x3, 64 filters, stride 2, 'same' padding, batch norm, ReLU] -> linear.
+- Mini-ImageNet: 84x84x3 -> 4 x [conv 3x3, 32 filters, 'same' padding, batch norm, 2x2 max-pool, ReLU] -> linear.
+  Pooling rounds up (TensorFlow 'same'), so 84 -> 42 -> 21 -> 11 -> 6 and the head sees 32*6*6 features.
+- Sine: 1 -> 40 -> 40 -> 1 with ReLU (MAML section 5.1).
+
+Batch norm always uses the statistics of the batch it sees, in training and at
+test time (``track_running_stats=False``), as the reference code does; this is
+what makes the transductive / non-transductive distinction matter.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+class OmniglotCNN(nn.Sequential):
+    def __init__(self, ways: int, channels: int = 64, in_channels: int = 1):
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, stride=2, padding=1), _bn(channels), nn.ReLU()]
+        super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 2 * 2, ways))
+
+
+class MiniImageNetCNN(nn.Sequential):
+    def __init__(self, ways: int, channels: int = 32, in_channels: int = 3):
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
+                _bn(channels),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.ReLU(),
+            ]
+        super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 6 * 6, ways))
+
+
+class SineMLP(nn.Sequential):
+    def __init__(self, ways: int = 1, hidden: int = 40):
+        super().__init__(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, ways))
+
+
+MODELS = {"omniglot": OmniglotCNN, "miniimagenet": MiniImageNetCNN, "sine": SineMLP}
+
+
+def build_model(dataset: str, ways: int) -> nn.Module:
+    """The reference model for ``dataset`` with ``ways`` outputs (1 for sine)."""
+    if dataset not in MODELS:
+        raise ValueError(f"no model for dataset {dataset!r}; valid names: {', '.join(sorted(MODELS))}")
+    return MODELS[dataset](ways)

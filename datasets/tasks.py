@@ -1,0 +1,131 @@
+"""Few-shot tasks and the one task sampler shared by every dataset.
+
+A task is a pure function of (pool, ways, shots, query, seed, index): the
+evaluation tasks of a setting are therefore identical for every algorithm and
+every run (paired comparison). Sampling never touches files: it indexes tensors
+that the loaders preloaded.
+
+    pool = ClassPool(images)            # images: [classes, examples, C, H, W]
+    batch = pool.sample_batch(ways=5, shots=1, query=15, seed=0, indices=range(5))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """T tasks stacked on a leading dimension.
+
+    Classification: ``support_x`` is [T, ways*shots, C, H, W], ``support_y`` is
+    [T, ways*shots] int64 with labels 0..ways-1 freshly permuted per task, and
+    the query tensors likewise with ``ways*query`` rows (grouped by class).
+    Regression (sine): x and y are [T, n, 1] float tensors.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def task(self, i: int) -> "TaskBatch":
+        """Task ``i`` as a batch of one (keeps the leading dimension)."""
+        return TaskBatch(*(t[i : i + 1] for t in self.tensors()))
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.support_x, self.support_y, self.query_x, self.query_y
+
+    def to(self, device, dtype: torch.dtype | None = None) -> "TaskBatch":
+        """Move to ``device``; ``dtype`` (if given) applies to the float inputs/targets only."""
+
+        def move(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return TaskBatch(*(move(t) for t in self.tensors()))
+
+    @property
+    def is_classification(self) -> bool:
+        return not self.support_y.is_floating_point()
+
+
+def task_generator(seed: int, index: int) -> torch.Generator:
+    """A generator whose stream depends only on (seed, index)."""
+    # A large odd multiplier keeps (seed, index) pairs from colliding for any
+    # realistic seed and index range.
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63 - 1))
+
+
+def stack_tasks(tasks: Iterable[TaskBatch]) -> TaskBatch:
+    tasks = list(tasks)
+    return TaskBatch(*(torch.cat(parts) for parts in zip(*(t.tensors() for t in tasks))))
+
+
+class ClassPool:
+    """Preloaded examples of one split, [classes, examples, C, H, W], float in [0, 1].
+
+    ``rotations`` > 1 makes each stored class count as that many classes, the
+    k-th being the images rotated by k*90 degrees (the Reptile/MAML Omniglot
+    augmentation). Rotation is applied when a task is drawn, so the pool holds
+    each image once.
+    """
+
+    def __init__(self, images: Tensor, rotations: int = 1, name: str = "pool"):
+        if images.dim() != 5:
+            raise ValueError(f"{name}: expected images of shape [classes, examples, C, H, W], got {tuple(images.shape)}")
+        if rotations not in (1, 4):
+            raise ValueError(f"{name}: rotations must be 1 or 4, got {rotations}")
+        self.images = images
+        self.rotations = rotations
+        self.name = name
+
+    @property
+    def num_classes(self) -> int:
+        return self.images.shape[0] * self.rotations
+
+    @property
+    def examples_per_class(self) -> int:
+        return self.images.shape[1]
+
+    def check(self, ways: int, shots: int, query: int) -> None:
+        """Raise a ValueError naming the problem if the setting does not fit this pool."""
+        if ways < 1 or shots < 1 or query < 0:
+            raise ValueError(f"{self.name}: need ways >= 1, shots >= 1, query >= 0 (got ways={ways}, shots={shots}, query={query})")
+        if ways > self.num_classes:
+            raise ValueError(
+                f"{self.name}: ways={ways} is larger than the {self.num_classes} classes in this split; "
+                f"use ways <= {self.num_classes} or a larger split"
+            )
+        if shots + query > self.examples_per_class:
+            raise ValueError(
+                f"{self.name}: shots + query = {shots} + {query} = {shots + query} is larger than the "
+                f"{self.examples_per_class} examples per class; lower shots or query"
+            )
+
+    def sample_task(self, ways: int, shots: int, query: int, seed: int, index: int) -> TaskBatch:
+        """One N-way K-shot task with Q query examples per class (a batch of one)."""
+        self.check(ways, shots, query)
+        g = task_generator(seed, index)
+        classes = torch.randperm(self.num_classes, generator=g)[:ways]
+        per = shots + query
+        picks = torch.stack([torch.randperm(self.examples_per_class, generator=g)[:per] for _ in range(ways)])
+        base, rot = classes // self.rotations, classes % self.rotations
+        x = self.images[base[:, None], picks]  # [ways, per, C, H, W]
+        if self.rotations > 1:
+            x = torch.stack([torch.rot90(x[i], int(rot[i]), dims=(-2, -1)) for i in range(ways)])
+        # Labels are the positions in `classes`, a fresh random order per task.
+        y = torch.arange(ways)[:, None].expand(ways, per)
+        sx, qx = x[:, :shots].reshape(1, ways * shots, *x.shape[2:]), x[:, shots:].reshape(1, ways * query, *x.shape[2:])
+        sy, qy = y[:, :shots].reshape(1, -1), y[:, shots:].reshape(1, -1)
+        return TaskBatch(sx.contiguous(), sy.contiguous(), qx.contiguous(), qy.contiguous())
+
+    def sample_batch(self, ways: int, shots: int, query: int, seed: int, indices: Iterable[int]) -> TaskBatch:
+        return stack_tasks(self.sample_task(ways, shots, query, seed, i) for i in indices)
