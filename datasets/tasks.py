@@ -70,7 +70,11 @@ def stack_tasks(tasks: Iterable[TaskBatch]) -> TaskBatch:
 
 
 class ClassPool:
-    """Preloaded examples of one split, [classes, examples, C, H, W], float in [0, 1].
+    """Preloaded examples of one split, [classes, examples, C, H, W]: float in [0, 1], or uint8 in 0..255.
+
+    uint8 pools (Mini-ImageNet: 60,000 RGB images would take 5 GB as float32)
+    are converted to float32 in [0, 1] when a task is drawn, so tasks are
+    always float whatever the storage.
 
     ``rotations`` > 1 makes each stored class count as that many classes, the
     k-th being the images rotated by k*90 degrees (the Reptile/MAML Omniglot
@@ -81,6 +85,8 @@ class ClassPool:
     def __init__(self, images: Tensor, rotations: int = 1, name: str = "pool"):
         if images.dim() != 5:
             raise ValueError(f"{name}: expected images of shape [classes, examples, C, H, W], got {tuple(images.shape)}")
+        if not (images.is_floating_point() or images.dtype == torch.uint8):
+            raise ValueError(f"{name}: images must be float in [0, 1] or uint8 in 0..255, got dtype {images.dtype}")
         if rotations not in (1, 4):
             raise ValueError(f"{name}: rotations must be 1 or 4, got {rotations}")
         self.images = images
@@ -119,6 +125,8 @@ class ClassPool:
         picks = torch.stack([torch.randperm(self.examples_per_class, generator=g)[:per] for _ in range(ways)])
         base, rot = classes // self.rotations, classes % self.rotations
         x = self.images[base[:, None], picks]  # [ways, per, C, H, W]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
         if self.rotations > 1:
             x = torch.stack([torch.rot90(x[i], int(rot[i]), dims=(-2, -1)) for i in range(ways)])
         # Labels are the positions in `classes`, a fresh random order per task.
