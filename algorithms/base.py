@@ -102,13 +102,17 @@ def task_loss(output: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(output, target)
 
 
-def check_output_size(output: Tensor, target: Tensor) -> None:
-    """A classifier's output size must equal the task's ways (labels are 0..ways-1)."""
+def check_output_size(output: Tensor, target: Tensor, ways: int | None = None) -> None:
+    """A classifier's output size must equal the task's ways (labels are 0..ways-1).
+
+    ``ways`` defaults to ``target.max() + 1``; pass it when ``target`` is a
+    minibatch that may miss the highest label.
+    """
     if target.is_floating_point():
         if output.shape != target.shape:
             raise ValueError(f"model output shape {tuple(output.shape)} does not match regression targets {tuple(target.shape)}")
         return
-    ways = int(target.max()) + 1
+    ways = int(target.max()) + 1 if ways is None else ways
     if output.shape[-1] != ways:
         raise ValueError(
             f"model outputs {output.shape[-1]} classes but the task has {ways} ways; "

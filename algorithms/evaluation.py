@@ -1,0 +1,193 @@
+"""The one evaluator shared by every algorithm: fine-tune on each task's support set, score its query set.
+
+The evaluation tasks are ``pool.sample_task(ways, shots, config.query,
+config.seed, index)`` for ``index in range(config.num_tasks)``, so every
+algorithm and every run sees the same tasks (paired comparison). For each task
+a deep copy of the model is fine-tuned (``adapt``) and then predicts the query:
+
+- ``transductive=True``: all query examples in one forward pass (batch-norm
+  statistics see the whole query set; MAML's published numbers use this).
+- ``transductive=False``: each query example is classified in a batch made of
+  the whole support set plus that one example, keeping only its prediction
+  (the Reptile paper's protocol; batch norm uses batch statistics, so this is
+  not the same as the transductive number).
+
+Classification reports accuracy in percent; sine regression reports the query
+mean squared error (one forward pass: the MLP has no batch norm). The summary
+is the mean over tasks with ci95 = 1.96 * std / sqrt(n), where std is the
+*sample* standard deviation (ddof = 1). MAML's code uses numpy's default
+ddof = 0; at n = 600 the two differ by a factor sqrt(600/599) = 1.0008.
+
+    result = evaluate(model, pool, ways=5, shots=1, config=EvalConfig(num_tasks=600, query=15, transductive=True))
+    print(f"{result.mean:.2f} +- {result.ci95:.2f} {result.metric}")
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .base import check_output_size, task_loss
+from .minibatch import cycle_minibatches
+from .reptile import make_inner_optimizer
+
+
+@dataclass
+class EvalConfig:
+    """How the meta-parameters are scored. Saved with every result row."""
+
+    num_tasks: int = 600
+    """Number of evaluation tasks (a fixed pool, the same for every algorithm)."""
+    query: int = 1
+    """Query examples per class (Reptile paper: 1; MAML: 15). For sine, query points per task."""
+    inner_steps: int = 50
+    """Fine-tuning steps on the support set; 0 scores the meta-parameters without adaptation."""
+    inner_lr: float = 1e-3
+    """Fine-tuning learning rate (Adam's lr, or the SGD step size)."""
+    inner_optimizer: str = "adam"
+    """``adam`` (betas = (``adam_beta1``, 0.999), a fresh optimiser per task) or ``sgd``."""
+    adam_beta1: float = 0.0
+    """beta1 of the fine-tuning Adam (0 in the Reptile paper)."""
+    inner_batch: int = 5
+    """Fine-tuning minibatch size, cycled through the shuffled support set; 0 = the whole support set."""
+    transductive: bool = False
+    """True: the query set is predicted in one batch; False: one query example at a time beside the support set."""
+    seed: int = 0
+    """Seed of the evaluation task pool and of the fine-tuning minibatch order (not the training seed)."""
+
+    def validate(self) -> "EvalConfig":
+        """Raise ValueError naming the bad field; returns self for chaining."""
+        if self.num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if self.query < 1:
+            raise ValueError(f"query must be >= 1 (examples per class to score), got {self.query}")
+        if self.inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0 (0 = no fine-tuning), got {self.inner_steps}")
+        if not (self.inner_lr > 0 and math.isfinite(self.inner_lr)):
+            raise ValueError(f"inner_lr must be a positive finite number, got {self.inner_lr}")
+        if self.inner_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
+        if not 0 <= self.adam_beta1 < 1:
+            raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        if self.inner_batch < 0:
+            raise ValueError(f"inner_batch must be >= 0 (0 = whole support set), got {self.inner_batch}")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EvalResult:
+    """Summary over the evaluation tasks, plus the per-task numbers (for paired comparisons)."""
+
+    mean: float
+    """Mean over tasks of the metric."""
+    ci95: float
+    """1.96 * std / sqrt(n) (NaN when n = 1)."""
+    std: float
+    """Sample standard deviation over tasks (ddof = 1; NaN when n = 1)."""
+    n: int
+    """Number of tasks."""
+    per_task: list[float] = field(repr=False)
+    """The metric of each task, in task-index order."""
+    metric: str
+    """``accuracy`` (percent, 0..100) or ``mse``."""
+
+
+def finetune_generator(seed: int, index: int) -> torch.Generator:
+    """Minibatch order of task ``index``'s fine-tuning: a function of (seed, index) only.
+
+    Mixed differently from the task sampler's stream (datasets.tasks.task_generator)
+    so the minibatch order is not a copy of the class draw.
+    """
+    mixed = (int(seed) * 1_000_003 + int(index)) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
+
+
+def adapt(model: nn.Module, support_x: Tensor, support_y: Tensor, config: EvalConfig, generator: torch.Generator) -> nn.Module:
+    """A deep copy of ``model`` fine-tuned on one task's support set; ``model`` is not modified.
+
+    ``support_x``/``support_y`` hold one task without the task dimension
+    ([n, ...] and [n], or [n, 1] for regression); ``generator`` fixes the
+    minibatch order (the evaluator uses ``finetune_generator(seed, index)``).
+    """
+    config.validate()
+    if support_x.shape[0] != support_y.shape[0]:
+        raise ValueError(
+            f"support_x has {support_x.shape[0]} examples but support_y has {support_y.shape[0]}; "
+            "pass one task without its task dimension (e.g. batch.support_x[0], batch.support_y[0])"
+        )
+    ways = None if support_y.is_floating_point() else int(support_y.max()) + 1
+    fine = copy.deepcopy(model)
+    if config.inner_steps == 0:
+        return fine
+    optimizer = make_inner_optimizer(fine.parameters(), config.inner_optimizer, config.inner_lr, config.adam_beta1)
+    for step, idx in enumerate(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)):
+        out = fine(support_x[idx])
+        if step == 0:
+            check_output_size(out, support_y[idx], ways=ways)
+        loss = task_loss(out, support_y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    fine.zero_grad(set_to_none=True)
+    return fine
+
+
+@torch.no_grad()
+def predict(model: nn.Module, support_x: Tensor, query_x: Tensor, transductive: bool) -> Tensor:
+    """Outputs for the query set: one batch (transductive), or one batch of support + that example per query."""
+    if transductive:
+        return model(query_x)
+    return torch.stack([model(torch.cat([support_x, query_x[j : j + 1]]))[-1] for j in range(query_x.shape[0])])
+
+
+@torch.no_grad()
+def score(model: nn.Module, support_x: Tensor, query_x: Tensor, query_y: Tensor, transductive: bool) -> float:
+    """Accuracy in percent (classification) or MSE (regression) of ``model`` on one task's query set."""
+    if query_y.is_floating_point():
+        return task_loss(model(query_x), query_y).item()
+    logits = predict(model, support_x, query_x, transductive)
+    check_output_size(logits, query_y)
+    return 100.0 * (logits.argmax(-1) == query_y).double().mean().item()
+
+
+def summarize(per_task: list[float], metric: str) -> EvalResult:
+    n = len(per_task)
+    values = torch.tensor(per_task, dtype=torch.float64)
+    std = values.std(correction=1).item() if n > 1 else float("nan")
+    return EvalResult(values.mean().item(), 1.96 * std / math.sqrt(n), std, n, list(per_task), metric)
+
+
+def evaluate(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, device="cpu", progress: bool = False) -> EvalResult:
+    """Fine-tune and score ``model`` on ``config.num_tasks`` fixed tasks of ``pool``; the model is left untouched.
+
+    ``pool`` is anything with ``sample_task(ways, shots, query, seed, index)``
+    (ClassPool, SinePool). The model is copied to ``device`` if it lives elsewhere.
+    """
+    config.validate()
+    pool.check(ways, shots, config.query)
+    device = torch.device(device)
+    param = next(model.parameters())
+    if param.device != device:
+        model = copy.deepcopy(model).to(device)
+        param = next(model.parameters())
+    indices = range(config.num_tasks)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=f"evaluate {ways}-way {shots}-shot", unit="task")
+    per_task: list[float] = []
+    metric = "accuracy"
+    for index in indices:
+        task = pool.sample_task(ways, shots, config.query, config.seed, index).to(device, dtype=param.dtype)
+        sx, sy, qx, qy = (t[0] for t in task.tensors())
+        if qy.is_floating_point():
+            metric = "mse"
+        fine = adapt(model, sx, sy, config, finetune_generator(config.seed, index))
+        per_task.append(score(fine, sx, qx, qy, config.transductive))
+    return summarize(per_task, metric)

@@ -1,0 +1,115 @@
+"""Reptile (Nichol, Achiam, Schulman 2018), written as the official supervised-reptile code does it.
+
+For every task of the meta-batch, start from the meta-parameters theta, take
+``inner_steps`` optimiser steps (Adam with beta1 = ``adam_beta1``, or SGD) on
+minibatches of ``inner_batch`` examples cycled through the task's support set,
+and call the result theta_i. Then
+
+    theta <- theta + epsilon * mean_i (theta_i - theta),
+    epsilon = lerp(meta_lr, meta_lr_final, iteration / total_iterations).
+
+With ``persist_inner_state`` the inner Adam keeps its moments (and step count)
+across tasks and outer steps, as the official code does (it only restores the
+trainable variables between tasks); otherwise a fresh optimiser starts each task.
+The query part of a training batch is not used.
+
+    learner = build_learner(MetaConfig(algorithm="reptile"), model, total_iterations=100_000)
+    metrics = learner.meta_step(batch)  # {"loss": mean inner loss, "epsilon": ...}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from datasets.tasks import TaskBatch
+
+from .base import MetaConfig, MetaLearner, check_finite, check_output_size, register, task_loss
+from .minibatch import cycle_minibatches
+
+
+def make_inner_optimizer(params, name: str, lr: float, adam_beta1: float) -> torch.optim.Optimizer:
+    """The inner optimiser shared by Reptile's training loop and the evaluator's fine-tuning."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(adam_beta1, 0.999))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"inner optimiser must be 'adam' or 'sgd', got {name!r}")
+
+
+@register("reptile")
+class Reptile(MetaLearner):
+    def __init__(self, model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0):
+        super().__init__(model, config, total_iterations, seed)
+        self.inner_optimizer = self._new_inner_optimizer()
+
+    def _new_inner_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        return make_inner_optimizer(self.model.parameters(), c.inner_optimizer, c.inner_lr, c.adam_beta1)
+
+    def epsilon(self) -> float:
+        """Outer step size at the current iteration (linear annealing, as the official code)."""
+        frac = self.iteration / self.total_iterations
+        return (1 - frac) * self.config.meta_lr + frac * self.config.meta_lr_final
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:
+        """Reptile's update direction g = theta - mean_i theta_i (so the step is theta <- theta - epsilon * g).
+
+        The meta-parameters are left unchanged, but like a meta-step this
+        consumes minibatch draws from ``self.generator`` and, with
+        ``persist_inner_state``, advances the inner Adam's moments.
+        Raises DivergedError if an inner loss or the update is not finite.
+        """
+        batch = self._like_model(batch)
+        params = list(self.model.parameters())
+        theta = [p.detach().clone() for p in params]
+        moved = [torch.zeros_like(p) for p in params]
+        losses: list[Tensor] = []
+        c = self.config
+        for i in range(len(batch)):
+            if not c.persist_inner_state:
+                self.inner_optimizer = self._new_inner_optimizer()
+            x, y = batch.support_x[i], batch.support_y[i]
+            for step, idx in enumerate(cycle_minibatches(x.shape[0], c.inner_batch, c.inner_steps, self.generator)):
+                out = self.model(x[idx])
+                if i == 0 and step == 0:
+                    # The whole support set fixes the ways: a minibatch may miss the last label.
+                    check_output_size(out, y[idx], ways=None if y.is_floating_point() else int(y.max()) + 1)
+                loss = task_loss(out, y[idx])
+                self.inner_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.inner_optimizer.step()
+                losses.append(loss.detach())
+            with torch.no_grad():
+                for m, p, t in zip(moved, params, theta):
+                    m.add_(p - t)
+                    p.copy_(t)
+        self.inner_optimizer.zero_grad(set_to_none=True)
+        grads = [-m / len(batch) for m in moved]
+        # One host sync per meta-batch: a non-finite loss or update poisons the mean.
+        mean_loss = torch.stack(losses).mean()
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+        check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, c)
+        return grads, {"loss": mean_loss.item()}
+
+    def meta_step(self, batch: TaskBatch) -> dict[str, float]:
+        grads, metrics = self.meta_gradient(batch)
+        eps = self.epsilon()
+        with torch.no_grad():
+            for p, g in zip(self.model.parameters(), grads):
+                p.sub_(eps * g)
+        self.iteration += 1
+        return {**metrics, "epsilon": eps}
+
+    def _like_model(self, batch: TaskBatch) -> TaskBatch:
+        p = next(self.model.parameters())
+        return batch.to(p.device, dtype=p.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "inner_optimizer": self.inner_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.inner_optimizer = self._new_inner_optimizer()
+        self.inner_optimizer.load_state_dict(state["inner_optimizer"])

@@ -1,0 +1,100 @@
+"""Wall time of one meta-step of each reference learner at the papers' Omniglot 5-way settings.
+
+- Reptile: meta-batch 5, 5 inner Adam steps (lr 1e-3, beta1 0), inner batch 10, 10 training shots per class.
+- First-order and second-order MAML: meta-batch 5 (MAML used 32, too slow for a CPU sweep),
+  1-shot and 5-shot support, 15 queries per class, inner SGD alpha = 0.4, with 1 inner step
+  (MAML's Omniglot setting) and with 5.
+
+Each row is the median over ``--steps`` meta-steps after ``--warmup`` untimed ones, on the
+full-width reference network (OmniglotCNN, 64 filters). Images are random 28x28 tensors in
+a ClassPool of Omniglot's shape: pixel values do not change the work done.
+
+    .venv/bin/python -m benchmarks.time_meta_step                 # CPU, 1 thread
+    .venv/bin/python -m benchmarks.time_meta_step --device cuda   # synchronises around each step
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from algorithms import MetaConfig, build_learner
+from algorithms.models import OmniglotCNN
+from datasets.tasks import ClassPool
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: the learner config and the task shape it trains on."""
+
+    label: str
+    config: MetaConfig
+    shots: int
+    query: int
+    tasks: int = 5
+    ways: int = 5
+
+
+def settings(backend: str = "reference") -> list[Setting]:
+    rows = [
+        Setting(
+            "reptile 10-shot, 5 Adam steps, batch 10",
+            MetaConfig(algorithm="reptile", backend=backend, inner_steps=5, inner_lr=1e-3, inner_batch=10),
+            shots=10,
+            query=0,
+        )
+    ]
+    for algorithm in ("fomaml", "maml"):
+        for steps in (1, 5):
+            for shots in (1, 5):
+                config = MetaConfig(algorithm=algorithm, backend=backend, inner_steps=steps, inner_lr=0.4, meta_lr=1e-3)
+                rows.append(Setting(f"{algorithm} {shots}-shot, {steps} SGD step{'s' if steps > 1 else ''}", config, shots, 15))
+    return rows
+
+
+def time_setting(setting: Setting, steps: int, warmup: int, device: torch.device, pool: ClassPool) -> list[float]:
+    torch.manual_seed(0)
+    model = OmniglotCNN(setting.ways).to(device)
+    learner = build_learner(setting.config, model, total_iterations=steps + warmup, seed=0)
+    times = []
+    for it in range(steps + warmup):
+        batch = pool.sample_batch(setting.ways, setting.shots, setting.query, seed=0, indices=range(it * setting.tasks, (it + 1) * setting.tasks))
+        batch = batch.to(device)  # the transfer is not part of the meta-step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        learner.meta_step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if it >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed meta-steps per setting (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed meta-steps first (default 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the shared 2-core machines are noisy)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="reference", help="learner backend (default reference)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    pool = ClassPool(torch.rand(100, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0)), rotations=4, name="random-omniglot")
+
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, backend {args.backend}, "
+          f"median of {args.steps} meta-steps after {args.warmup} warm-up, meta-batch 5, 5-way")
+    print(f"{'setting':<40} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for setting in settings(args.backend):
+        times = time_setting(setting, args.steps, args.warmup, device, pool)
+        print(f"{setting.label:<40} {statistics.median(times):>9.3f} {min(times):>7.3f} {max(times):>7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
