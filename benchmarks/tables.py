@@ -1,0 +1,384 @@
+"""Render the result rows as the Reptile paper's tables, beside the published numbers.
+
+    python -m benchmarks.tables [--results-dir results] [--out-dir results/tables] [--published PATH]
+    (the same as ``python -m benchmarks.cli tables``)
+
+Reads every ``<results-dir>/*/rows.csv`` and writes, atomically, into ``<results-dir>/tables/``:
+
+- ``paper_tables.md`` / ``paper_tables.tex``: Table 1 (Mini-ImageNet) and Table 2 (Omniglot) of
+  Nichol et al. (2018), published ``mean ± CI`` beside ours and whether the two 95% intervals overlap;
+  plus a companion table for Omniglot's ``small`` split, which is not the paper's split.
+- ``comparison.md``: gradient order, memory and time (scaling sweep) and accuracy (default suite)
+  per algorithm, and the sine-regression MSE table.
+- ``default_suite.md``: every default-suite cell with accuracy, memory, time and device
+  (embedded in README.md by ``python -m benchmarks.readme``).
+
+A pure function of the rows: the same rows give byte-identical files (no dates in the output).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.results import read_rows
+
+DEFAULT_PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.csv"
+SKIP_DIRS = {"reference", "tables", "plots", "perf"}
+PAPER_SPLITS = {"omniglot": "paper", "miniimagenet": "ravi"}
+NAMES = {"maml": "MAML", "fomaml": "1st-order MAML", "reptile": "Reptile"}
+PROTOCOLS = [("maml", True), ("fomaml", True), ("reptile", False), ("reptile", True)]  # the paper's rows
+
+
+def label(algorithm: str, transductive: bool) -> str:
+    return NAMES.get(algorithm, algorithm) + (" + Transduction" if transductive else "")
+
+
+def protocols(rows: pd.DataFrame) -> list[tuple[str, bool]]:
+    """The paper's rows, then any other (algorithm, transductive) measured in ``rows`` (published: —)."""
+    extra = {(str(a), t == True) for a, t in zip(rows.algorithm, rows.transductive)} - set(PROTOCOLS)  # noqa: E712
+    return PROTOCOLS + sorted(extra)
+PAPER_TABLES = [
+    ("Table 1: Mini-ImageNet, 5-way (accuracy %)", "miniimagenet", [(5, 1), (5, 5)]),
+    ("Table 2: Omniglot (accuracy %)", "omniglot", [(5, 1), (5, 5), (20, 1), (20, 5)]),
+]
+SMALL_SPLIT_TITLE = ("Omniglot small split: train on small1's alphabets, test on small2's unseen alphabets "
+                     "— not comparable to the published split")
+NOTE = ("Our cells: mean ± 95% CI (n = evaluation tasks per seed, meta-iterations run, seeds). Several seeds "
+        "of one cell are aggregated as the mean of the per-seed means, ± 1.96·sqrt(s²/S + mean(se_i²)), where "
+        "s is the standard deviation of the S seed means and se_i = CI_i/1.96 is seed i's task-sampling "
+        "standard error (not divided by S: seeds may share evaluation tasks); with one seed it is that run's "
+        "own interval. 'overlap': |published − ours| ≤ CI_published + CI_ours; 'disjoint' otherwise. "
+        "'incomplete': the run was cut short by a budget. 'not run': no row for that cell. Only rows of the "
+        "paper's splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill Tables 1 and 2. Published: Nichol et "
+        "al. 2018 (arXiv 1803.02999) Tables 1-2; their MAML rows are Finn et al. 2017's.")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` through a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_rows(results_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
+    """All rows of ``<results_dir>/*/rows.csv`` (not reference/, tables/, plots/, perf/) and the files read."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist; run "
+                                "`python -m benchmarks.cli run --suite default` first, or pass --results-dir")
+    files = sorted(p for p in results_dir.glob("*/rows.csv") if p.parent.name not in SKIP_DIRS)
+    frames = [f for f in (read_rows(p).assign(rows_file=str(p)) for p in files) if not f.empty]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), files
+
+
+def load_published(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"published numbers not found at {path}; pass --published PATH "
+                                "(the repository ships results/reference/published.csv)")
+    df = pd.read_csv(path, dtype=str)  # text, so the numbers print with the paper's own decimals
+    needed = {"dataset", "ways", "shots", "algorithm", "transductive", "accuracy_pct", "ci95_pct"}
+    if missing := needed - set(df.columns):
+        raise ValueError(f"{path} lacks columns {sorted(missing)}; use the columns of results/reference/published.csv")
+    df["ways"], df["shots"] = df["ways"].astype(int), df["shots"].astype(int)
+    df["transductive"] = df["transductive"].str.strip().str.lower().map({"true": True, "false": False})
+    return df
+
+
+def is_scaling(df: pd.DataFrame) -> pd.Series:
+    return (df["suite"] == "scaling") | df["cell"].astype(str).str.startswith("scaling")
+
+
+def _span(values: pd.Series) -> str:
+    if values.isna().all():
+        return "—"
+    lo, hi = int(values.min()), int(values.max())
+    return f"{lo:,}" if lo == hi else f"{lo:,}–{hi:,}"
+
+
+def _seed_summary(g: pd.DataFrame) -> pd.Series:
+    means, se = g["metric_mean"].astype(float), g["metric_ci95"].astype(float) / 1.96
+    between = means.var(ddof=1) / len(g) if len(g) > 1 else 0.0
+    commits = sorted({f"{str(c)[:12]}{'+dirty' if d == True else ''}" for c, d in zip(g.git_commit, g.git_dirty)})
+    return pd.Series({
+        "value": means.mean(), "value_ci": 1.96 * float(np.sqrt(between + (se ** 2).mean())),
+        "n_seeds": int(g["seed"].nunique()), "eval_tasks": _span(g.eval_tasks),
+        "eval_tasks_min": g.eval_tasks.fillna(0).min(), "iterations": _span(g.iterations_run),
+        "meta_iterations": int(g.meta_iterations.fillna(0).max()), "complete": bool((g.complete == True).all()),  # noqa: E712
+        "peak_memory_bytes": g.peak_memory_bytes.median(), "memory_kind": "/".join(sorted(set(g.memory_kind.astype(str)))),
+        "autograd_saved_bytes": g.autograd_saved_bytes.median(), "step_time_median_s": g.step_time_median_s.median(),
+        "commits": ", ".join(commits), "rows_file": ", ".join(sorted(set(g.rows_file))),
+    })
+
+
+def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (suite, cell, device): seeds combined as described in NOTE."""
+    keys = ["suite", "cell", "device", "algorithm", "backend", "dataset", "split", "ways", "shots", "transductive",
+            "first_order", "inner_steps", "eval_inner_steps", "metric"]
+    if rows.empty:
+        return pd.DataFrame(columns=keys + ["value", "value_ci", "scaling", "setting"])
+    r = rows.copy()
+    r[keys] = r[keys].astype(object).where(r[keys].notna(), "")  # groupby drops NaN keys (e.g. no metric)
+    for col in ("ways", "shots", "inner_steps", "eval_inner_steps"):  # a NaN elsewhere makes the column float
+        r[col] = r[col].map(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
+    out = r.groupby(keys, sort=True).apply(_seed_summary, include_groups=False).reset_index()
+    out["scaling"] = is_scaling(out)
+    out["setting"] = [f"{d}/{s} {w}-way {k}-shot{' transductive' if t == True else ''}" if d != "sine"
+                      else f"sine K={k}" for d, s, w, k, t in zip(out.dataset, out.split, out.ways, out.shots,
+                                                                  out.transductive)]
+    return out
+
+
+def fmt_pm(mean, ci, digits: int = 2) -> str:
+    if isinstance(mean, str):  # published: keep the paper's decimals
+        return f"{mean} ± {ci}"
+    return "—" if pd.isna(mean) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def fmt_bytes(n) -> str:
+    return "—" if pd.isna(n) else f"{n / 2 ** 20:,.1f} MiB"
+
+
+def fmt_iterations(g) -> str:
+    text = f"{g.iterations} it"
+    return text if g.complete else f"{text}, incomplete (of {g.meta_iterations:,} planned)"
+
+
+def ours_text(g) -> str:
+    return f"{fmt_pm(g.value, g.value_ci)} (n={g.eval_tasks}, {fmt_iterations(g)}, {int(g.n_seeds)} seed{'s' if g.n_seeds > 1 else ''})"
+
+
+def overlap(m1: float, c1: float, m2: float, c2: float) -> bool:
+    """Whether the intervals [m1 ± c1] and [m2 ± c2] intersect."""
+    return abs(float(m1) - float(m2)) <= float(c1) + float(c2)
+
+
+def pick(groups: pd.DataFrame, dataset: str, splits, ways: int, shots: int, algorithm: str, transductive: bool):
+    """The aggregated cell that fills one table cell (or None), and the other candidates left out."""
+    if groups.empty:
+        return None, []
+    m = groups[(groups.dataset == dataset) & groups.split.isin(splits) & (groups.ways == ways)
+               & (groups.shots == shots) & (groups.algorithm == algorithm) & (groups.transductive == transductive)
+               & (groups.metric == "accuracy") & ~groups.scaling]
+    if m.empty:
+        return None, []
+    # Prefer complete runs, then the longest training, the most evaluation tasks, the most seeds.
+    m = m.sort_values(["complete", "meta_iterations", "eval_tasks_min", "n_seeds", "suite", "cell"],
+                      ascending=[False, False, False, False, True, True])
+    return m.iloc[0], [f"{r.suite}/{r.cell} ({r.device})" for r in m.iloc[1:].itertuples()]
+
+
+def paper_table(groups: pd.DataFrame, published: pd.DataFrame, dataset: str, settings):
+    """Header, body, notes and the aggregated cells used, for Table 1 or 2."""
+    header = ["Algorithm"] + [f"{w}-way {s}-shot: {side}" for w, s in settings for side in ("published", "ours")]
+    body, notes, used = [], [], []
+    mine = groups[(groups.dataset == dataset) & (groups.split == PAPER_SPLITS[dataset])
+                  & (groups.metric == "accuracy")] if not groups.empty else groups
+    for algorithm, transductive in protocols(mine):
+        line = [label(algorithm, transductive)]
+        for ways, shots in settings:
+            pub = published[(published.dataset == dataset) & (published.ways == ways) & (published.shots == shots)
+                            & (published.algorithm == algorithm) & (published.transductive == transductive)]
+            pub = pub.iloc[0] if len(pub) else None
+            g, others = pick(groups, dataset, [PAPER_SPLITS[dataset]], ways, shots, algorithm, transductive)
+            ours = "not run"
+            if g is not None:
+                used.append(g)
+                ours = ours_text(g)
+                if pub is not None:
+                    ours += " ✓ overlap" if overlap(pub.accuracy_pct, pub.ci95_pct, g.value, g.value_ci) else " ✗ disjoint"
+                notes.append(f"{line[0]}, {ways}-way {shots}-shot: {g.suite}/{g.cell}, backend {g.backend}, "
+                             f"{g.device}" + (f"; also measured, not shown: {', '.join(others)}" if others else ""))
+            line += ["—" if pub is None else fmt_pm(pub.accuracy_pct, pub.ci95_pct), ours]
+        body.append(line)
+    return header, body, notes, used
+
+
+def small_split_table(groups: pd.DataFrame):
+    small = groups[(groups.dataset == "omniglot") & groups.split.astype(str).str.startswith("small")] \
+        if not groups.empty else groups
+    settings = sorted({(int(r.ways), int(r.shots)) for r in small.itertuples() if r.metric == "accuracy"})
+    header = ["Algorithm"] + [f"{w}-way {s}-shot: ours" for w, s in settings]
+    body, used = [], []
+    for algorithm, transductive in protocols(small[small.metric == "accuracy"]):
+        line = [label(algorithm, transductive)]
+        for ways, shots in settings:
+            g, _ = pick(small, "omniglot", list(small.split.unique()), ways, shots, algorithm, transductive)
+            line.append("not run" if g is None else ours_text(g) + f" [{g.device}]")
+            used += [] if g is None else [g]
+        body.append(line)
+    return header, body, used
+
+
+def comparison_table(groups: pd.DataFrame):
+    """Per algorithm/backend/device: gradient order, memory and time at 5 and 20 inner steps, accuracy."""
+    header = ["Algorithm", "Backend", "Gradient order", "Autograd-held K=5", "Autograd-held K=20",
+              "Growth per inner step", "Peak memory K=5", "Peak memory K=20", "Median step K=5",
+              "Median step K=20", "Accuracy (default suite)", "Device"]
+    if groups.empty:
+        return header, [], []
+    sc, default = groups[groups.scaling], groups[(groups.suite == "default") & ~groups.scaling
+                                                 & (groups.metric == "accuracy")]
+    body, used = [], list(sc.itertuples())
+    for (alg, backend, device), g in sc.groupby(["algorithm", "backend", "device"]):
+        at = {k: g[g.inner_steps == k] for k in (5, 20)}
+        pts = g.dropna(subset=["autograd_saved_bytes"])
+        slope = np.polyfit(pts.inner_steps.astype(float), pts.autograd_saved_bytes.astype(float), 1)[0] \
+            if pts.inner_steps.nunique() >= 2 else float("nan")
+        acc = default[(default.algorithm == alg) & (default.backend == backend)]
+        used += list(acc.itertuples())
+        order = "second" if alg == "maml" and g.first_order.iloc[0] != True else "first"
+        kind = g.memory_kind.iloc[0]
+        body.append([alg, backend, order,
+                     *[fmt_bytes(at[k].autograd_saved_bytes.median()) for k in (5, 20)], fmt_bytes(slope),
+                     *[f"{fmt_bytes(at[k].peak_memory_bytes.median())} ({kind})" if len(at[k]) else "—" for k in (5, 20)],
+                     *[f"{at[k].step_time_median_s.median():.3g} s" if len(at[k]) else "—" for k in (5, 20)],
+                     "; ".join(f"{a.setting}: {fmt_pm(a.value, a.value_ci)}" + ("" if a.device == device else f" [{a.device}]")
+                               for a in acc.itertuples()) or "not run", device])
+    return header, body, used
+
+
+def default_suite_table(groups: pd.DataFrame):
+    d = groups[(groups.suite == "default") & ~groups.scaling] if not groups.empty else groups
+    header = ["Cell", "Algorithm", "Backend", "Setting", "Metric", "Mean ± 95% CI", "Eval tasks", "Iterations",
+              "Peak memory", "Median step time", "Device"]
+    body = [[g.cell, g.algorithm, g.backend, g.setting, "accuracy %" if g.metric == "accuracy" else str(g.metric),
+             fmt_pm(g.value, g.value_ci, 2 if g.metric == "accuracy" else 4), g.eval_tasks, fmt_iterations(g),
+             f"{fmt_bytes(g.peak_memory_bytes)} ({g.memory_kind})", f"{g.step_time_median_s:.3g} s", g.device]
+            for g in d.sort_values(["dataset", "ways", "shots", "algorithm", "backend", "cell"]).itertuples()]
+    return header, body, list(d.itertuples())
+
+
+def sine_table(groups: pd.DataFrame):
+    s = groups[(groups.dataset == "sine") & ~groups.scaling] if not groups.empty else groups
+    header = ["Suite/cell", "Algorithm", "Backend", "K shots", "Eval inner steps", "MSE ± 95% CI", "Eval tasks",
+              "Iterations", "Device"]
+    body = [[f"{g.suite}/{g.cell}", g.algorithm, g.backend, str(g.shots), str(g.eval_inner_steps),
+             fmt_pm(g.value, g.value_ci, 4), g.eval_tasks, fmt_iterations(g), g.device]
+            for g in s.sort_values(["shots", "algorithm", "backend", "suite", "cell"]).itertuples()]
+    return header, body, list(s.itertuples())
+
+
+def table_markdown(header: list[str], body: list[list[str]]) -> str:
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in body]) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "±": r"$\pm$", "—": "---", "–": "--", "≤": r"$\leq$", "·": r"$\cdot$", "²": r"$^2$",
+                 "✓": "", "✗": "", "−": "-"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return out.replace(" disjoint", r" \textbf{disjoint}").replace("  ", " ")
+
+
+def table_latex(header: list[str], body: list[list[str]], caption: str) -> str:
+    """A booktabs table; ``group: sub`` headers become a \\multicolumn row over a sub-header row."""
+    groups = [h.split(": ", 1) if ": " in h else [h, ""] for h in header]
+    top, i = [], 0
+    while i < len(groups):
+        j = i
+        while j + 1 < len(groups) and groups[j + 1][0] == groups[i][0] and groups[i][1]:
+            j += 1
+        top.append(latex_escape(groups[i][0]) if j == i else
+                   rf"\multicolumn{{{j - i + 1}}}{{c}}{{{latex_escape(groups[i][0])}}}")
+        i = j + 1
+    lines = [r"\begin{table}[ht]", r"\centering\small", rf"\caption{{{latex_escape(caption)}}}",
+             r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\toprule", " & ".join(top) + r" \\"]
+    if any(sub for _, sub in groups):
+        lines.append(" & ".join(latex_escape(sub) for _, sub in groups) + r" \\")
+    lines += [r"\midrule"] + [" & ".join(map(latex_escape, row)) + r" \\" for row in body]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+
+
+def provenance(used: list, files: list[Path], command: str, comment: str = "") -> str:
+    """Who generated the file, from which rows, on which devices and commits (one line each)."""
+    devices = sorted({g.device for g in used}) or ["none (no rows used)"]
+    commits = sorted({c for g in used for c in g.commits.split(", ") if c}) or ["none"]
+    lines = [f"Generated by `{command}` — do not edit by hand; rerun the command instead.",
+             f"Rows files read: {', '.join(str(f) for f in files) or 'none'}.",
+             f"Devices of the rows used: {'; '.join(devices)}.",
+             f"Git commits of the rows used: {', '.join(commits)}."]
+    return "".join(f"{comment}{line}\n" for line in lines) if comment else "\n\n".join(lines) + "\n"
+
+
+def render(rows: pd.DataFrame, published: pd.DataFrame, files: list[Path], command: str) -> dict[str, str]:
+    """File name -> text of every generated table file (pure; nothing is written)."""
+    groups = aggregate(rows)
+    md, tex, used_paper = [], [], []
+    for title, dataset, settings in PAPER_TABLES:
+        header, body, notes, used = paper_table(groups, published, dataset, settings)
+        md.append(f"## {title}\n\n{table_markdown(header, body)}" + "".join(f"\n- {n}" for n in notes))
+        tex.append(table_latex(header, body, title))
+        used_paper += used
+    header, body, used_small = small_split_table(groups)
+    md.append(f"## {SMALL_SPLIT_TITLE}\n\n" + (table_markdown(header, body) if used_small else "_no rows_\n"))
+    if used_small:
+        tex.append(table_latex(header, body, SMALL_SPLIT_TITLE))
+    md.append(f"## How cells are filled\n\n{NOTE}\n")
+    used = used_paper + used_small
+    out = {"paper_tables.md": "# Paper tables: published vs ours\n\n" + provenance(used, files, command)
+           + "\n" + "\n\n".join(md),
+           "paper_tables.tex": provenance(used, files, command, comment="% ")
+           + "% Needs \\usepackage{booktabs}.\n" + "% " + NOTE.replace("\n", " ") + "\n\n" + "\n".join(tex)}
+    ch, cb, used_c = comparison_table(groups)
+    sh, sb, used_s = sine_table(groups)
+    out["comparison.md"] = (
+        "# Reptile vs first- and second-order MAML: measured comparison\n\n" + provenance(used_c + used_s, files, command)
+        + "\n## Gradient order, memory, time and accuracy\n\n"
+        + (table_markdown(ch, cb) if cb else "_no scaling-sweep rows: run the `scaling` suite_\n")
+        + "\nAutograd-held: bytes saved by autograd for one outer update. Growth per inner step: slope of a "
+          "least-squares line through autograd-held bytes against inner steps. K = inner steps.\n"
+        + "\n## Sine regression (MSE, lower is better)\n\n" + (table_markdown(sh, sb) if sb else "_no sine rows_\n"))
+    dh, db, used_d = default_suite_table(groups)
+    out["default_suite.md"] = ("# Default suite\n\n" + provenance(used_d, files, command) + "\n"
+                               + (table_markdown(dh, db) if db else "_no default-suite rows yet: run `make benchmark`_\n"))
+    return out
+
+
+def main(results_dir: str | Path = "results", out_dir: str | Path | None = None,
+         published: str | Path = DEFAULT_PUBLISHED) -> list[Path]:
+    """Write every table file into ``out_dir`` (default ``<results_dir>/tables``); returns their paths."""
+    rows, files = load_rows(results_dir)
+    command = "python -m benchmarks.tables" + ("" if str(results_dir) == "results" else f" --results-dir {results_dir}")
+    texts = render(rows, load_published(published), files, command)
+    out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "tables"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        write_text_atomic(out_dir / name, text)
+    return [out_dir / name for name in texts]
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Render result rows as the paper tables beside published numbers.")
+    p.add_argument("--results-dir", default="results", help="folder holding <suite>/rows.csv (default: results)")
+    p.add_argument("--out-dir", default=None, help="where to write the tables (default: <results-dir>/tables)")
+    p.add_argument("--published", default=str(DEFAULT_PUBLISHED), help="published numbers CSV")
+    args = p.parse_args(argv)
+    try:
+        for path in main(args.results_dir, args.out_dir, args.published):
+            print(path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,76 @@
+"""README results section: replaced between the markers, idempotent, --check, clear errors.
+
+Run: .venv/bin/python -m pytest -q tests/test_readme.py   (uses a temporary README, never the real one)
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import readme, tables
+from test_tables import REPO, fake_row, write_suite
+
+BEFORE = "# Project\n\nIntro text.\n\n## Results\n\n"
+AFTER = "\n## Licence\n\nMIT\n"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.readme", *args], cwd=REPO, capture_output=True,
+                          text=True)
+
+
+@pytest.fixture
+def project(tmp_path):
+    res = tmp_path / "results"
+    write_suite(res, "default", [fake_row(cell="omni-reptile", split="small", metric_mean=91.5, metric_ci95=0.8)])
+    tables.main(res, published=REPO / "results" / "reference" / "published.csv")
+    (res / "plots").mkdir()
+    (res / "plots" / "scaling-cpu-x.png").write_bytes(b"png")
+    (res / "perf").mkdir()
+    # Shape of pytest-benchmark's --benchmark-json output (only the fields readme.py reads; invented timings).
+    (res / "perf" / "cpu.json").write_text(json.dumps({
+        "machine_info": {"cpu": {"brand_raw": "Test CPU 3000"}}, "commit_info": {"id": "b" * 40},
+        "benchmarks": [{"name": "test_meta_step[maml]", "stats": {"median": 0.0123, "iqr": 0.0004, "rounds": 7},
+                        "extra_info": {}},
+                       {"name": "test_meta_step_gpu", "stats": {"median": 2.5e-5, "iqr": 1e-6, "rounds": 100},
+                        "extra_info": {"device": "cuda: Test GPU"}}]}))
+    path = tmp_path / "README.md"
+    path.write_text(f"{BEFORE}{readme.START}\nstale text\n{readme.END}{AFTER}")
+    return path, res
+
+
+def test_section_replaced_idempotently(project):
+    path, res = project
+    assert readme.update(path, res) is False  # it changed
+    text = path.read_text()
+    assert text.startswith(BEFORE + readme.START) and text.endswith(readme.END + AFTER)
+    assert "stale text" not in text
+    section = text.split(readme.START)[1].split(readme.END)[0]
+    assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot | accuracy % | 91.50 ± 0.80 |" in section
+    assert "[results/tables/paper_tables.md](results/tables/paper_tables.md)" in section
+    assert "[results/plots/scaling-cpu-x.png](results/plots/scaling-cpu-x.png)" in section
+    assert "| test_meta_step[maml] | 12.3 ms | 400 µs | 7 | cpu: Test CPU 3000 | bbbbbbbbbbbb |" in section
+    assert "| test_meta_step_gpu | 25 µs | 1 µs | 100 | cuda: Test GPU |" in section
+    assert readme.update(path, res) is True and path.read_text() == text  # second run: nothing to do
+
+
+def test_check_flag_reports_out_of_date_without_writing(project):
+    path, res = project
+    stale = path.read_text()
+    proc = run_cli("--readme", str(path), "--results-dir", str(res), "--check")
+    assert proc.returncode == 1 and "out of date" in proc.stderr
+    assert path.read_text() == stale
+    assert run_cli("--readme", str(path), "--results-dir", str(res)).returncode == 0
+    assert run_cli("--readme", str(path), "--results-dir", str(res), "--check").returncode == 0
+
+
+def test_missing_markers_fail_clearly(project):
+    path, res = project
+    path.write_text(BEFORE + AFTER)
+    proc = run_cli("--readme", str(path), "--results-dir", str(res))
+    assert proc.returncode == 2 and readme.START in proc.stderr
+    assert path.read_text() == BEFORE + AFTER
