@@ -1,0 +1,165 @@
+"""The command line: help, listing, and bad input that must stop with a clear message and a non-zero exit.
+
+Process-level checks run ``python -m benchmarks.cli`` for real (exit status as the
+shell sees it); the rest call ``cli.main`` in-process to stay fast.
+
+    .venv/bin/python -m pytest -q tests/test_cli.py
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import cli
+from benchmarks.results import read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "benchmarks.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_commands_and_options():
+    p = run_cli("run", "--help")
+    assert p.returncode == 0
+    for option in ("--suite", "--cells", "--device", "--seeds", "--out", "--wandb", "--max-minutes", "--skip-missing"):
+        assert option in p.stdout
+
+
+def test_unknown_suite_exits_2_listing_suites(tmp_path):
+    p = run_cli("run", "--suite", "nope", "--out", str(tmp_path))
+    assert p.returncode == 2
+    assert "unknown suite 'nope'" in p.stderr and "smoke" in p.stderr and "default" in p.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_missing_data_names_the_cell_and_skip_missing_goes_on(tmp_path):
+    suite = tmp_path / "mix.toml"
+    suite.write_text("""
+[[group]]
+name = "mini-{algorithm}"
+dataset = "miniimagenet"
+split = "ravi"
+ways = 5
+algorithms = ["reptile"]
+meta_iterations = 1
+eval = { num_tasks = 2 }
+
+[[group]]
+name = "sine-{algorithm}"
+dataset = "sine"
+split = "maml"
+ways = 1
+shots = 5
+algorithms = ["reptile"]
+meta_iterations = 1
+learner = { inner_steps = 1, inner_optimizer = "sgd", inner_lr = 0.01, meta_lr = 0.1 }
+eval = { num_tasks = 2, query = 5, inner_steps = 1, inner_optimizer = "sgd", inner_lr = 0.01, inner_batch = 0, seed = 100 }
+""")
+    empty = tmp_path / "no-miniimagenet"
+    empty.mkdir()
+    env = {"MINIIMAGENET_ROOT": str(empty)}
+    out = tmp_path / "out"
+    p = run_cli("run", "--suite", str(suite), "--out", str(out), "--wandb", "disabled", env=env)
+    assert p.returncode == 3, p.stderr
+    assert "mix/mini-reptile" in p.stderr and "--skip-missing" in p.stderr and "Mini-ImageNet" in p.stderr
+    assert not (out / "mix" / "rows.csv").exists()
+    p = run_cli("run", "--suite", str(suite), "--out", str(out), "--wandb", "disabled", "--skip-missing", env=env)
+    assert p.returncode == 0, p.stderr
+    assert "skipped for missing data (--skip-missing): mini-reptile" in p.stdout
+    assert list(read_rows(out / "mix" / "rows.csv").cell) == ["sine-reptile"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cells", "cifar*"], "matches no cell; cells of this suite: "),
+    (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
+    (["--seeds", "-1"], "--seeds needs at least one integer >= 0"),
+    (["--max-minutes", "0"], "--max-minutes must be a positive number"),
+    (["--threads", "-2"], "--threads must be >= 0"),
+])
+def test_bad_run_options_exit_2(tmp_path, capsys, args, message):
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "smoke" / "rows.csv").exists()
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli.main(["run", "--suite", "smoke", "--out", str(blocker / "results")]) == 2
+    assert "cannot write results to" in capsys.readouterr().err
+
+
+def test_rows_of_another_schema_stop_the_run_untouched(tmp_path, capsys):
+    folder = tmp_path / "smoke"
+    folder.mkdir()
+    pd.DataFrame({"schema_version": [0], "cell": ["old"]}).to_csv(folder / "rows.csv", index=False)
+    before = (folder / "rows.csv").read_bytes()
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path)]) == 2
+    assert "move" in capsys.readouterr().err
+    assert (folder / "rows.csv").read_bytes() == before
+
+
+def test_interrupted_child_stops_the_run_with_130(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def fake_run(cmd):
+        calls.append(cmd)
+        return 130
+
+    monkeypatch.setattr(cli, "run_child", fake_run)
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 130
+    assert len(calls) == 1 and "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_failed_cell_is_reported_and_others_run(tmp_path, capsys, monkeypatch):
+    codes = iter([4, 0, 0, 0, 0, 0])
+    monkeypatch.setattr(cli, "run_child", lambda cmd: next(codes))
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "failed cells: sine-reptile (exit 4, diverged)" in err
+
+
+def test_list_shows_suites_and_cells(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke (6 cells)" in out and "omniglot-5w1s-maml" in out and "scaling-reference-maml-k20" in out
+
+
+def test_tables_without_results_exits_2(tmp_path, capsys):
+    assert cli.main(["tables", "--results", str(tmp_path / "none")]) == 2
+    assert "no results folder" in capsys.readouterr().err
+
+
+def test_budget_spent_before_a_cell_starts_lists_it(tmp_path, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(cli, "run_child", lambda cmd: started.append(cmd) or 0)
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu", "--max-minutes", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert started == [] and "not started within --max-minutes" in out and "sine-reptile" in out
+
+
+def test_child_command_carries_budget_threads_and_provenance(tmp_path, monkeypatch):
+    import json
+
+    from benchmarks.config import CellConfig
+
+    cmds = []
+    monkeypatch.setattr(cli, "run_child", lambda cmd: cmds.append(cmd) or 0)
+    assert cli.main(["run", "--suite", "smoke", "--cells", "sine-maml", "--out", str(tmp_path), "--device", "cpu",
+                     "--max-minutes", "5", "--threads", "2", "--seeds", "3"]) == 0
+    (cmd,) = cmds
+    args = dict(zip(cmd[3::2], cmd[4::2]))
+    cell = CellConfig.from_json(args["--cell-json"])
+    assert (cell.cell, cell.seed, cell.device) == ("sine-maml", 3, "cpu")
+    assert args["--threads"] == "2" and float(args["--deadline"]) > 0 and args["--out"] == str(tmp_path)
+    assert set(json.loads(args["--git-json"])) == {"git_commit", "git_dirty"}
+    assert "--seeds 3" in args["--command"]

@@ -1,0 +1,133 @@
+"""The result files: schema checks, atomic rewrites, row replacement, curves.
+
+    .venv/bin/python -m pytest -q tests/test_results_io.py
+"""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmarks import results
+from benchmarks.results import COLUMNS, SCHEMA_VERSION, ResultsFormatError, read_rows, write_curves, write_row
+
+
+def make_row(**over) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(schema_version=SCHEMA_VERSION, suite="s", cell="c", algorithm="reptile", backend="reference",
+               dataset="sine", split="maml", ways=1, shots=10, transductive=False, first_order=True, inner_steps=5,
+               eval_inner_steps=10, seed=0, meta_iterations=10, iterations_run=10, complete=True, meta_batch=2,
+               final_train_loss=0.5, metric="mse", metric_mean=1.25, metric_ci95=0.1, eval_tasks=20,
+               peak_memory_bytes=123, memory_kind="cpu_rss", autograd_saved_bytes=None, git_dirty=False,
+               config_json='{"a": 1}', config_hash="0123456789ab", command="python -m benchmarks.cli run")
+    row.update(over)
+    return row
+
+
+def test_round_trip_keeps_values_and_types(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    df = read_rows(path)
+    assert list(df.columns) == COLUMNS and len(df) == 1
+    r = df.iloc[0]
+    assert r.metric_mean == 1.25 and r.config_hash == "0123456789ab" and r.command == "python -m benchmarks.cli run"
+    # Booleans come back as booleans, not the strings "True"/"False".
+    assert r.complete is True or r.complete == True  # noqa: E712 (numpy bool)
+    assert not r.transductive and r.first_order
+    assert pd.isna(r.autograd_saved_bytes)
+
+
+def test_same_config_hash_replaces_other_hashes_append(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row(complete=False, iterations_run=3))
+    write_row(path, make_row(config_hash="ffffffffffff", cell="other"))
+    write_row(path, make_row(complete=True, iterations_run=10))  # the resumed, finished run
+    df = read_rows(path)
+    assert len(df) == 2
+    mine = df[df.config_hash == "0123456789ab"].iloc[0]
+    assert mine.iterations_run == 10 and mine.complete == True  # noqa: E712
+    assert results.completed_hashes(path) == {"0123456789ab", "ffffffffffff"}
+
+
+def test_incomplete_rows_are_not_completed(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row(complete=False))
+    assert results.completed_hashes(path) == set()
+
+
+def test_refuses_other_schema_version(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    df = pd.read_csv(path)
+    df["schema_version"] = SCHEMA_VERSION + 1
+    df.to_csv(path, index=False)
+    with pytest.raises(ResultsFormatError, match=f"schema version.*{SCHEMA_VERSION + 1}.*move .* aside"):
+        read_rows(path)
+    # and the runner's writer refuses to mix rows into it
+    with pytest.raises(ResultsFormatError):
+        write_row(path, make_row(config_hash="aaaaaaaaaaaa"))
+
+
+@pytest.mark.parametrize("change", ["drop", "extra"])
+def test_refuses_missing_or_extra_columns(tmp_path, change):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    df = pd.read_csv(path)
+    df = df.drop(columns=["peak_memory_bytes"]) if change == "drop" else df.assign(surprise=1)
+    df.to_csv(path, index=False)
+    with pytest.raises(ResultsFormatError, match="peak_memory_bytes" if change == "drop" else "surprise"):
+        read_rows(path)
+
+
+def test_write_row_rejects_rows_off_schema(tmp_path):
+    bad = make_row()
+    del bad["device"]
+    with pytest.raises(ValueError, match="device"):
+        write_row(tmp_path / "rows.csv", bad)
+    assert not (tmp_path / "rows.csv").exists()
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    before = path.read_bytes()
+
+    def broken_to_csv(self, f, **kw):
+        f.write("schema_version,half a fi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", broken_to_csv)
+    with pytest.raises(OSError, match="disk full"):
+        write_row(path, make_row(config_hash="bbbbbbbbbbbb"))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]
+
+
+def test_curves_replace_one_cell_and_keep_others(tmp_path):
+    path = tmp_path / "curves.csv"
+    pt = lambda i, loss: {"iteration": i, "train_loss": loss, "eval_metric": None, "eval_mean": None, "eval_ci95": None}  # noqa: E731
+    write_curves(path, "s", "a", 0, [pt(1, 1.0), pt(2, 0.9)])
+    write_curves(path, "s", "b", 0, [pt(1, 5.0)])
+    write_curves(path, "s", "a", 0, [pt(1, 0.7)])
+    df = results.read_curves(path)
+    assert list(df.columns) == results.CURVE_COLUMNS
+    assert sorted(zip(df.cell, df.train_loss)) == [("a", 0.7), ("b", 5.0)]
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    """Two processes adding rows to one file at once: every row survives (folder lock)."""
+    import multiprocessing as mp
+
+    path = tmp_path / "rows.csv"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(path, k)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert len(read_rows(path)) == 2 * 15
+
+
+def _write_many(path, k):
+    for i in range(15):
+        write_row(path, make_row(config_hash=f"{k:02d}{i:010d}", cell=f"c{k}-{i}"))

@@ -1,0 +1,140 @@
+"""Nothing is lost: a run killed (SIGKILL or Ctrl-C) and restarted ends with the same rows as an uninterrupted run.
+
+Real processes: ``python -m benchmarks.cli run`` on a two-cell sine suite, killed
+with its whole process group right after the long cell's first checkpoint appears.
+
+    .venv/bin/python -m pytest -q tests/test_resume.py
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.results import read_curves, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = """
+[defaults]
+dataset = "sine"
+split = "maml"
+ways = 1
+shots = 5
+train_query = 5
+meta_batch = 2
+checkpoint_every = 5
+eval = { num_tasks = 20, query = 20, inner_steps = 3, inner_optimizer = "sgd", inner_lr = 0.01, inner_batch = 0, seed = 100 }
+learner = { inner_steps = 1, inner_lr = 0.01, inner_optimizer = "sgd", meta_lr = 0.01 }
+
+[[group]]
+name = "short-{algorithm}"
+algorithms = ["fomaml"]
+meta_iterations = 3
+
+[[group]]
+name = "long-{algorithm}"
+algorithms = ["maml"]
+meta_iterations = 300
+"""
+COMPARED = ["cell", "iterations_run", "complete", "metric_mean", "metric_ci95", "final_train_loss", "config_hash"]
+
+
+def cli(suite: Path, out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "benchmarks.cli", "run", "--suite", str(suite), "--out", str(out), "--wandb", "disabled"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out + err
+
+
+def interrupt_after_first_checkpoint(suite: Path, out: Path, sig: int) -> tuple[int, str]:
+    proc = cli(suite, out, start_new_session=True)
+    ckpt = out / "suite" / "checkpoints" / "long-maml-0.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists():
+        assert proc.poll() is None, f"run ended before its first checkpoint:\n{finish(proc)[1]}"
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.01)
+    os.killpg(proc.pid, sig)  # the whole group, as a terminal's Ctrl-C or an OOM kill would
+    rc, log = finish(proc)
+    rows = read_rows(out / "suite" / "rows.csv")
+    assert "long-maml" not in set(rows.cell), "the long cell finished before the kill: make it longer"
+    return rc, log
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suites") / "suite.toml"
+    path.write_text(SUITE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(suite_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean")
+    rc, log = finish(cli(suite_file, out))
+    assert rc == 0, log
+    return out
+
+
+def compare(a: Path, b: Path) -> None:
+    ra = read_rows(a / "suite" / "rows.csv").sort_values("cell")[COMPARED].reset_index(drop=True)
+    rb = read_rows(b / "suite" / "rows.csv").sort_values("cell")[COMPARED].reset_index(drop=True)
+    pd.testing.assert_frame_equal(ra, rb)
+    assert list(ra.cell) == ["long-maml", "short-fomaml"] and ra.complete.all()
+    ca, cb = (read_curves(p / "suite" / "curves.csv").sort_values(["cell", "iteration"]).reset_index(drop=True) for p in (a, b))
+    pd.testing.assert_frame_equal(ca, cb)
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_uninterrupted(suite_file, uninterrupted, tmp_path):
+    rc, _ = interrupt_after_first_checkpoint(suite_file, tmp_path, signal.SIGKILL)
+    assert rc == -signal.SIGKILL
+    rc, log = finish(cli(suite_file, tmp_path))
+    assert rc == 0, log
+    assert "resuming long-maml (seed 0) from iteration" in log and "from iteration 0" not in log
+    assert "1 already complete" in log  # the short cell's row was kept, not recomputed
+    assert not list((tmp_path / "suite").glob(".*.tmp")), "a temporary file was left behind"
+    compare(uninterrupted, tmp_path)
+
+
+def test_ctrl_c_in_a_cell_keeps_its_checkpoint_and_resumes(suite_file, uninterrupted, tmp_path, monkeypatch, capsys):
+    """In-process (cheap): Ctrl-C during a meta-step exits 130; the rerun resumes from the last checkpoint
+    and ends where the uninterrupted run did."""
+    import torch
+    from algorithms.maml import MAML
+    from benchmarks import runner
+    from benchmarks.suites import load_suite
+
+    torch.set_num_threads(1)
+    short = replace(load_suite(str(suite_file))[0], checkpoint_every=2)
+    assert short.cell == "short-fomaml" and short.meta_iterations == 3
+    args = ["--cell-json", short.to_json(), "--out", str(tmp_path), "--wandb", "disabled"]
+    real_step = MAML.meta_step
+
+    def ctrl_c_in_third_step(self, batch):
+        if self.iteration == 2:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(MAML, "meta_step", ctrl_c_in_third_step)
+    assert runner.main(args) == runner.EXIT_INTERRUPTED
+    assert "resumes from its last checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "suite" / "rows.csv").exists()
+    monkeypatch.undo()
+    assert runner.main(args) == 0
+    assert "resuming short-fomaml (seed 0) from iteration 2" in capsys.readouterr().err
+    mine = read_rows(tmp_path / "suite" / "rows.csv").iloc[0]
+    clean = read_rows(uninterrupted / "suite" / "rows.csv").set_index("cell").loc["short-fomaml"]
+    for key in ("iterations_run", "metric_mean", "metric_ci95", "final_train_loss"):
+        assert mine[key] == clean[key], key
