@@ -4,3 +4,4 @@ from .models import build_model  # noqa: F401
 
 # Importing the implementations registers them.
 from . import reptile, maml  # noqa: F401,E402
+from . import batched  # noqa: F401,E402

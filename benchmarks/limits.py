@@ -1,0 +1,252 @@
+"""Limit benchmark: each meta-step's time against the floor it cannot beat, and second-order MAML's memory.
+
+    python -m benchmarks.limits [--device cpu|cuda] [--repeats N] [--json OUT] [--compile]
+
+Settings (Omniglot 5-way, meta-batch 5, the paper's values): Reptile 10 shots,
+5 inner Adam steps (beta1 = 0) on minibatches of 10; FOMAML / MAML 5-shot
+support, 15 queries per class, 5 inner SGD steps (alpha 0.1), and the MAML
+paper's 1 step (alpha 0.4). Tasks come from the small Omniglot split
+(``$OMNIGLOT_ROOT``), else random tensors of the same shape (the output says which).
+
+Floor = the bare forward and backward passes the algorithm's maths needs on the
+same batches, with nothing else (no optimiser, sampling, copying or outer step):
+- Reptile: T x K forward + ``autograd.grad`` of the module on the pre-gathered minibatches.
+- FOMAML: per task, K support forward+backward, then one query forward+backward.
+- MAML (second order): per task, K support forward + backward with ``create_graph``
+  through the functional net, the query forward, and one backward through the
+  whole unrolled graph (the forward + double-backward work; the smallest exact way).
+"floor (loop)" runs it task by task on the plain net (the reference's form);
+"floor (batched)" runs the same passes in the batched backend's task chunks
+(all tasks through grouped convolutions on CUDA; on CPU one task at a time
+through the functional net, so there the two floors differ only by noise).
+Every contender runs once per repeat, in turn, so the ratios are measured side
+by side (PITFALLS section 4). On CPU the clock is this thread's CPU time
+(``time.thread_time``, one torch thread), which leaves out the time other
+processes hold the shared cores; wall time on CUDA. Medians and minima are
+both printed.
+"batched (grouped)" / "batched (loop)" is the batched backend with the other
+way of batching convolutions than this device's default (``functional.py``).
+The second-order floor is the unrolled computation; the batched backend's
+default (a Hessian-vector-product chain, see ``algorithms/batched.py``) does
+more work than it by design, to keep memory flat in K.
+Memory: bytes held by autograd (saved-tensor hooks, ``benchmarks.measure``) on
+CPU, the CUDA allocator's peak on CUDA, for second-order MAML at K = 5 and 10.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+import time
+
+import torch
+
+from algorithms import MetaConfig, build_learner
+from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, chunks
+from algorithms.functional import TaskNet
+from algorithms.models import OmniglotCNN
+from benchmarks.measure import autograd_saved_bytes, synchronize
+from datasets.tasks import TaskBatch
+
+T, WAYS = 5, 5
+SETTINGS = {  # name -> (shots, query, config)
+    "reptile": (10, 0, dict(algorithm="reptile", inner_steps=5, inner_batch=10, inner_lr=1e-3, persist_inner_state=False)),
+    "fomaml-5": (5, 15, dict(algorithm="fomaml", inner_steps=5, inner_lr=0.1, meta_lr=1e-3)),
+    "maml-5": (5, 15, dict(algorithm="maml", inner_steps=5, inner_lr=0.1, meta_lr=1e-3)),
+    "fomaml-1": (5, 15, dict(algorithm="fomaml", inner_steps=1, inner_lr=0.4, meta_lr=1e-3)),
+    "maml-1": (5, 15, dict(algorithm="maml", inner_steps=1, inner_lr=0.4, meta_lr=1e-3)),
+}
+
+
+def task_source():
+    """(sample(shots, query, index) -> TaskBatch, description)."""
+    try:
+        from datasets import load_pool
+
+        pool = load_pool("omniglot", "small", "train", download=False)
+        return (lambda s, q, i: pool.sample_batch(WAYS, s, q, seed=0, indices=range(i * T, (i + 1) * T))), "small Omniglot (train)"
+    except Exception as e:  # noqa: BLE001 - any failure to load falls back, and is reported
+        def rand(s, q, i):
+            g = torch.Generator().manual_seed(i)
+            y = lambda n: torch.arange(WAYS).repeat_interleave(n).expand(T, -1).contiguous()  # noqa: E731
+            return TaskBatch(torch.rand(T, WAYS * s, 1, 28, 28, generator=g), y(s), torch.rand(T, WAYS * q, 1, 28, 28, generator=g), y(q))
+        return rand, f"RANDOM tensors of Omniglot's shape (small Omniglot not loaded: {type(e).__name__}: {e})"
+
+
+def floor_fn(kind: str, model, cfg: dict, batch: TaskBatch, batched: bool):
+    """A closure doing only the bare passes of one meta-step on ``batch`` (inputs pre-gathered).
+
+    Reptile's minibatches are drawn as the learners draw theirs (same procedure
+    and sizes; a generator of its own, since the learners' streams move on).
+    """
+    net = TaskNet(model)
+    params = list(model.parameters())
+    K, second = cfg["inner_steps"], kind == "maml"
+    xs, ys, xq, yq = batch.tensors()
+    grad, ce = torch.autograd.grad, torch.nn.functional.cross_entropy
+    if kind == "reptile":
+        idx = _draw_minibatches(xs.shape[1], T, cfg["inner_batch"], K, torch.Generator().manual_seed(0))
+        rows = torch.arange(T)[:, None]
+        xs, ys = xs[rows, idx].contiguous(), ys[rows, idx].contiguous()  # [T, K, batch, ...]
+    if not batched:
+        if kind == "reptile":
+            return lambda: [grad(ce(model(xs[t, k]), ys[t, k]), params) for t in range(T) for k in range(K)]
+
+        def one_task(t):
+            fast = params
+            for _ in range(K):
+                g = grad(ce(net.forward_one(fast, xs[t]), ys[t]), fast, create_graph=second)
+                if second:
+                    fast = [w - cfg["inner_lr"] * gi for w, gi in zip(fast, g)]
+            return grad(ce(net.forward_one(fast, xq[t]), yq[t]), params)
+        return lambda: [one_task(t) for t in range(T)]
+    # The batched backend's form: its task chunks (all tasks, grouped, on CUDA; one per task in loop mode).
+    parts = [(chunk, [w.requires_grad_() for w in chunk.init(params)]) for chunk in chunks(net, T, xs.device)]
+    if kind == "reptile":
+        return lambda: [grad(c.losses(w, xs[:, k], ys[:, k]).sum(), w) for k in range(K) for c, w in parts]
+
+    def chunk_step(chunk, base):
+        fast = base
+        for _ in range(K):
+            g = grad(chunk.losses(fast, xs, ys).sum(), fast, create_graph=second)
+            if second:
+                fast = [w - cfg["inner_lr"] * gi for w, gi in zip(fast, g)]
+        return grad(chunk.losses(fast, xq, yq).sum(), base)
+    return lambda: [chunk_step(c, w) for c, w in parts]
+
+
+def contenders(name: str, model, batches, compile_inner: bool) -> dict:
+    """name -> closure running one meta-step (or one floor), cycling through ``batches``."""
+    _, _, cfg = SETTINGS[name]
+    kind = cfg["algorithm"]
+
+    def stepper(learner):
+        cycle = itertools.cycle(batches)
+        return lambda: learner.meta_step(next(cycle))
+
+    out = {}
+    for backend in ("reference", "batched"):
+        out[backend] = stepper(build_learner(MetaConfig(**cfg, backend=backend), copy.deepcopy(model), 10**6, seed=0))
+    # The other way of batching convolutions, so the choice of the default is checked on this device.
+    other = "loop" if TaskNet(model).mode_for(next(model.parameters()).device) == "grouped" else "grouped"
+    cls = BatchedReptile if kind == "reptile" else BatchedMAML
+    config = MetaConfig(**cfg, backend="batched", first_order=kind == "fomaml")
+    out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other))
+    if kind == "maml":
+        out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True))
+    if compile_inner and kind != "maml":
+        # Double backward through compiled graphs is unsupported, so only first-order learners are compiled.
+        learner = build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10**6, seed=0)
+        learner.net._forward_grouped = torch.compile(learner.net._forward_grouped, dynamic=False)
+        learner.net.forward_one = torch.compile(learner.net.forward_one, dynamic=False)
+        out["batched+compile"] = stepper(learner)
+    for label, batched in (("floor (loop)", False), ("floor (batched)", True)):
+        floors = itertools.cycle([floor_fn(kind, model, cfg, batch, batched) for batch in batches])
+        out[label] = lambda floors=floors: next(floors)()
+    return out
+
+
+def time_round_robin(fns: dict, repeats: int, device: str) -> dict[str, dict[str, float]]:
+    """{contender: {"median": s, "min": s}}; every repeat runs each contender once, in turn."""
+    for k, f in list(fns.items()):  # warm-up (and compilation) outside the timings
+        try:
+            f()
+        except Exception as e:  # noqa: BLE001 - an optional compiled variant may fail; report and go on
+            if "compile" not in k:
+                raise
+            print(f"  {k}: failed, left out ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            del fns[k]
+    # On CPU (one intra-op thread, so torch computes in this thread) the thread's CPU time leaves out the
+    # time other processes hold the shared cores; on CUDA only wall time means anything.
+    clock = time.perf_counter if device == "cuda" else time.thread_time
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            synchronize(device)
+            start = clock()
+            f()
+            synchronize(device)
+            times[k].append(clock() - start)
+    return {k: {"median": statistics.median(v), "min": min(v)} for k, v in times.items()}
+
+
+def memory(model, sample, device: str, steps: int) -> dict[str, int]:
+    cfg = dict(SETTINGS["maml-5"][2], inner_steps=steps)
+    batch = sample(5, 15, 0).to(device)
+    learners = {
+        "reference": build_learner(MetaConfig(**cfg), copy.deepcopy(model), 10),
+        "batched": build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10),
+        "batched-unrolled": BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10, unrolled=True),
+    }
+    result = {}
+    for name, learner in learners.items():
+        if device.startswith("cuda"):
+            learner.meta_step(batch)  # allocator warm-up
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            learner.meta_step(batch)
+            torch.cuda.synchronize()
+            result[name] = torch.cuda.max_memory_allocated() - base
+        else:
+            result[name] = autograd_saved_bytes(learner, batch)
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--repeats", type=int, default=15, help="timed meta-steps per contender (median reported)")
+    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    ap.add_argument("--compile", action="store_true", help="CUDA: also time first-order batched learners with torch.compile'd forward")
+    ap.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    if args.device == "cpu":
+        torch.set_num_threads(1)  # PITFALLS section 4: shared noisy cores
+    torch.manual_seed(0)
+    model = OmniglotCNN(WAYS).to(args.device)
+    sample, source = task_source()
+    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    clock = "wall time" if args.device == "cuda" else "thread CPU time"
+    print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | {args.repeats} repeats of {clock}")
+    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": args.repeats, "clock": clock,
+              "timings": {}, "memory": {}}
+    for name in args.only:
+        shots, query, _ = SETTINGS[name]
+        batches = [sample(shots, query, i).to(args.device) for i in range(3)]
+        med = time_round_robin(contenders(name, model, batches, args.compile), args.repeats, args.device)
+        report["timings"][name] = med
+        print(f"\n{name}: {SETTINGS[name][2]}")
+        print(f"  {'':<18} {'median':>9}    {'min':>7}     median / floor (loop, batched)    min / min floor (loop, batched)")
+        fl, fb = med["floor (loop)"], med["floor (batched)"]
+        for k, v in med.items():
+            extra = "" if k.startswith("floor") else (
+                f"     x{v['median'] / fl['median']:.2f}  x{v['median'] / fb['median']:.2f}"
+                f"                      x{v['min'] / fl['min']:.2f}  x{v['min'] / fb['min']:.2f}")
+            print(f"  {k:<18} {v['median'] * 1e3:7.1f} ms {v['min'] * 1e3:7.1f} ms{extra}")
+        ratio = lambda a, b, q: med[a][q] / med[b][q]  # noqa: E731
+        if name.startswith("maml"):
+            for k in ("batched", "batched-unrolled"):
+                print(f"  speed-up {k} vs higher (reference): x{ratio('reference', k, 'median'):.2f} (medians), "
+                      f"x{ratio('reference', k, 'min'):.2f} (minima)")
+        if "batched+compile" in med:
+            print(f"  torch.compile gain: x{ratio('batched', 'batched+compile', 'median'):.2f} (medians)")
+    kind = "CUDA allocator peak" if args.device == "cuda" else "autograd saved-tensor bytes (peak)"
+    print(f"\nsecond-order MAML memory, {kind}:")
+    for steps in (5, 10):
+        mem = memory(model, sample, args.device, steps)
+        report["memory"][steps] = mem
+        row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
+        print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()
