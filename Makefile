@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 OMNIGLOT_ROOT ?= ../shared/data/omniglot
 export OMNIGLOT_ROOT
 
-.PHONY: setup test perf benchmark paper-tables readme-results gpu-results clean
+.PHONY: setup test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -26,14 +26,28 @@ perf: setup
 	$(PY) -m benchmarks.limits
 
 benchmark: setup
-	$(PY) -m benchmarks.cli run --suite default
+	$(PY) -m benchmarks.cli run --suite default --max-minutes 28
 	$(MAKE) paper-tables
 
+# Tables, plots and the README results section, regenerated from results/*/rows.csv alone.
 paper-tables: setup
 	$(PY) -m benchmarks.cli tables
+	$(PY) -m benchmarks.readme
 
+# The one prepared GPU script and its procedure (see the header of benchmarks/gpu_results.sh):
+# gpu-rehearsal (CPU, ~2 min) and gpu-prepare here, one device call, then gpu-import here.
 gpu-results: setup
-	bash benchmarks/gpu_results.sh
+	PYTHON=$(PY) bash benchmarks/gpu_results.sh
+
+gpu-rehearsal: setup
+	PYTHON=$(PY) bash benchmarks/gpu_results.sh --rehearse
+
+gpu-prepare: setup
+	PYTHON=$(PY) bash benchmarks/gpu_results.sh --prepare
+
+gpu-import: setup
+	@test -n "$(GPU_FILES)" -a -n "$(CARD)" || { echo "usage: make gpu-import GPU_FILES=<folder of the device call's files> CARD=h100 [FORCE=1]" >&2; exit 2; }
+	$(PY) -m benchmarks.gpu_bundle import --files "$(GPU_FILES)" --card "$(CARD)" $(if $(FORCE),--force)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

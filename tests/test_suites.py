@@ -153,6 +153,9 @@ def test_bad_suite_files_fail_with_a_clear_message(tmp_path, text, message):
         load_suite(write_suite(tmp_path, text))
 
 
-def test_scaling_backends_axis_is_data():
-    spec = suites._read(suites.suite_path("scaling"))
-    assert spec["group"][0]["backends"] == ["reference"]
+def test_scaling_sweeps_both_backends_for_every_algorithm_and_k():
+    cells = load_suite("scaling")
+    seen = {(c.learner.algorithm, c.learner.backend, c.learner.inner_steps) for c in cells}
+    assert seen == {(a, b, k) for a in ("reptile", "fomaml", "maml") for b in ("reference", "batched") for k in (1, 2, 5, 10, 20)}
+    # The batched backend cannot carry Reptile's inner Adam across tasks: both backends run without it.
+    assert all(not c.learner.persist_inner_state for c in cells if c.learner.algorithm == "reptile")

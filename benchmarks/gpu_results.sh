@@ -1,0 +1,297 @@
+#!/usr/bin/env bash
+# The one prepared GPU script (project issue 6): in ONE device call of at most 10 minutes, measure
+#   (a) the scaling sweep on CUDA (peak memory, time per meta-step vs inner steps 1..20; suite `scaling`),
+#   (b) the micro-benchmarks (pytest tests/perf, python -m benchmarks.limits --device cuda),
+#   (c) the papers' Omniglot 5-way protocol on the small split (suite `gpu-omniglot-small`: 6 cells,
+#       each given a fair share of the time left by benchmarks/gpu_cells.py, cut short by --max-minutes),
+#   (d) bundle everything into <= 8 flat files under $OUT (benchmarks/gpu_bundle.py) and print a table,
+# inside a HARD budget: BUDGET_S seconds (default 540 = 9 min) from the start, the bundle included.
+#
+# THE WHOLE PROCEDURE
+#   1. Here, before the call (needs the network once, for the `higher` wheel):
+#        make gpu-rehearsal     # the same steps on CPU in ~2 minutes: catches typos before the GPU call
+#        make gpu-prepare       # .whl/higher-0.2.1-py3-none-any.whl, .gpu-data/omniglot/*.zip, .gpu-data/SOURCE.txt
+#   2. The device call (exactly one; it prints this again):
+#        run(command="bash benchmarks/gpu_results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)
+#      The files come back read-only under the reply's `files_at` folder. If `status` shows less than
+#      ~12 minutes of device time left, shrink the budget in the command: "BUDGET_S=400 bash benchmarks/gpu_results.sh"
+#      (the paper cells absorb the cut). The reply's output_tail ends with the summary table.
+#   3. Here, after the call:
+#        make gpu-import GPU_FILES=<files_at folder> CARD=h100     # (or h200: the card the reply names)
+#      -> results/h100/{rows.csv,curves.csv,limits.json,provenance.txt,log.txt},
+#         results/perf/h100-benchmarks.json, then `python -m benchmarks.cli tables` and
+#         `python -m benchmarks.readme` regenerate the tables, plots and README section.
+#
+# Usage: bash benchmarks/gpu_results.sh [--rehearse] [--dry-run] [--prepare]
+#   (no flag)    GPU run: CUDA must be visible (fails fast otherwise), budget 540 s.
+#   --rehearse   (or REHEARSE=1) the same steps on CPU, budget 130 s, tiny selections (make gpu-rehearsal).
+#   --dry-run    (or DRY_RUN=1) print each step's command and limit, run nothing.
+#   --prepare    step 1 above (make gpu-prepare).
+# Environment (optional): OUT (default: a new /tmp folder; must be empty), PYTHON (default python3),
+#   BUDGET_S, RESERVE_S (kept for the bundle), STEPS (subset of "scaling micro paper"),
+#   SCALING_CELLS, SCALING_MAX_S, MICRO_MAX_S, PERF_SELECT (pytest -k), LIMITS_ARGS, PAPER_CELLS,
+#   EVAL_TASKS (rehearsal: evaluation tasks per paper cell), TAIL, MIN_WINDOW (see benchmarks/gpu_cells.py),
+#   GPU_WORK (scratch folder), OMNIGLOT_ROOT (default .gpu-data/omniglot when present).
+# What runs on the device: python3 (3.12, torch with CUDA, no higher, no wandb, no network) from the
+# repository root; `higher` is installed from .whl into /tmp/site; the project runs from the tree
+# (PYTHONPATH), wandb is disabled, nothing is downloaded (REPTILE_BENCH_OFFLINE=1).
+set -euo pipefail
+
+usage() { sed -n '/^# Usage:/,/^# What runs/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+MODE=gpu
+DRY=${DRY_RUN:-0}
+for arg in "$@"; do
+  case "$arg" in
+    --rehearse) MODE=rehearse ;;
+    --dry-run) DRY=1 ;;
+    --prepare) MODE=prepare ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown argument '$arg'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+if [[ "${REHEARSE:-0}" == 1 && $MODE == gpu ]]; then MODE=rehearse; fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+PY=${PYTHON:-python3}
+SMALL_ZIPS=(images_background_small1.zip images_background_small2.zip)
+declare -A MD5=([images_background_small1.zip]=e704a628b5459e08445c13499850abc4
+                [images_background_small2.zip]=b75a71a51d3b13f821f212756fe481fd)
+CALL='run(command="bash benchmarks/gpu_results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)'
+
+# ---------------------------------------------------------------------------------------------- prepare
+prepare() {
+  local src=${OMNIGLOT_ROOT:-../shared/data/omniglot} z sum
+  mkdir -p .whl .gpu-data/omniglot
+  # A folder that ignores itself: git status stays clean (rows' git_dirty) even where .gitignore lacks it.
+  [[ -f .gpu-data/.gitignore ]] || printf '# written by make gpu-prepare: carried to the device, never committed\n*\n' > .gpu-data/.gitignore
+  if compgen -G '.whl/higher-0.2.1-*.whl' >/dev/null; then
+    echo "have $(ls .whl/higher-0.2.1-*.whl)"
+  else
+    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl higher==0.2.1
+  fi
+  for z in "${SMALL_ZIPS[@]}"; do
+    if [[ ! -f "$src/$z" ]]; then
+      echo "error: $src/$z not found; set OMNIGLOT_ROOT to the folder holding the two Omniglot small zips" >&2
+      exit 3
+    fi
+    cp -f "$src/$z" .gpu-data/omniglot/
+    chmod u+w ".gpu-data/omniglot/$z"
+    sum=$(md5sum ".gpu-data/omniglot/$z" | cut -d' ' -f1)
+    if [[ $sum != "${MD5[$z]}" ]]; then
+      echo "error: .gpu-data/omniglot/$z has md5 $sum, expected ${MD5[$z]} (the official file); get it again" >&2
+      exit 3
+    fi
+    echo "copied $src/$z -> .gpu-data/omniglot/ (md5 ok)"
+  done
+  { echo "prepared: $(date -u +%FT%TZ)"
+    echo "git commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "files differing from that commit (git status --porcelain, results excluded):"
+    git status --porcelain -- . ':(exclude)results' 2>/dev/null | sed 's/^/  /' || true
+  } > .gpu-data/SOURCE.txt
+  if [[ -n "$(git status --porcelain -- . ':(exclude)results' 2>/dev/null)" ]]; then
+    echo "warning: the tree differs from HEAD; the device runs the tree as it is now (listed in .gpu-data/SOURCE.txt)"
+  fi
+  for p in .whl/x .gpu-data/x; do
+    git check-ignore -q "$p" 2>/dev/null || echo "warning: ${p%/x}/ is not git-ignored: add /${p%/x}/ to .gitignore"
+  done
+  echo "carry size: $(du -sch .whl .gpu-data | tail -1 | cut -f1) (limit 64 MiB)"
+  echo
+  echo "Rehearse first if not done (make gpu-rehearsal), then make exactly this device call:"
+  echo "  $CALL"
+  echo "and import its files:  make gpu-import GPU_FILES=<files_at folder> CARD=h100"
+}
+if [[ $MODE == prepare ]]; then prepare; exit 0; fi
+
+# ------------------------------------------------------------------------------------------ settings
+START=$(date +%s)
+if [[ $MODE == rehearse ]]; then
+  DEVICE=cpu
+  : "${BUDGET_S:=130}" "${RESERVE_S:=15}" "${SCALING_MAX_S:=35}" "${MICRO_MAX_S:=40}" "${MIN_WINDOW:=4}"
+  : "${SCALING_CELLS=scaling-*-k1}" "${PERF_SELECT=sampling or reptile}" "${LIMITS_ARGS=--repeats 1 --only reptile fomaml-1}"
+  : "${EVAL_TASKS=10}" "${TAIL:=reptile=8,fomaml=5,maml=5}" "${PAPER_CELLS=5w1s}"
+else
+  DEVICE=cuda
+  # Budget split (s): setup + data ~15, scaling <= 120, micro-benchmarks <= 70, bundle 30, the rest
+  # (~300) to the 6 paper cells: ~140 for their evaluations (TAIL, first guesses, then measured), the
+  # remainder shared equally as training windows (~25 s each, process start included).
+  : "${BUDGET_S:=540}" "${RESERVE_S:=30}" "${SCALING_MAX_S:=120}" "${MICRO_MAX_S:=70}" "${MIN_WINDOW:=15}"
+  : "${SCALING_CELLS=}" "${PERF_SELECT=}" "${LIMITS_ARGS=}" "${EVAL_TASKS=}" "${TAIL:=reptile=45,fomaml=12,maml=12}"
+  : "${PAPER_CELLS=}"
+fi
+: "${STEPS:=scaling micro paper}"
+DEADLINE=$((START + BUDGET_S))
+if [[ $DRY == 1 ]]; then
+  OUT=${OUT:-/tmp/gpu-results-out.DRYRUN}; WORK=${GPU_WORK:-/tmp/gpu-work.DRYRUN}
+else
+  OUT=${OUT:-$(mktemp -d /tmp/gpu-results-out.XXXXXX)}
+  WORK=${GPU_WORK:-$(mktemp -d /tmp/gpu-work.XXXXXX)}
+  mkdir -p "$OUT" "$WORK"
+  if [[ -n "$(ls -A "$OUT")" ]]; then
+    echo "error: OUT=$OUT is not empty; at most 8 files come back, so give an empty folder" >&2
+    exit 2
+  fi
+  if [[ -n "$(ls -A "$WORK")" ]]; then
+    echo "error: GPU_WORK=$WORK is not empty; give an empty (or new) folder" >&2
+    exit 2
+  fi
+  exec > >(tee -a "$WORK/log.txt") 2>&1
+fi
+SITE=$([[ $MODE == gpu ]] && echo /tmp/site || echo "$WORK/site")
+# The zips carried in .gpu-data (make gpu-prepare) win; else $OMNIGLOT_ROOT, else ../shared/data/omniglot.
+if compgen -G '.gpu-data/omniglot/*.zip' >/dev/null; then OMNIGLOT_ROOT=$REPO/.gpu-data/omniglot; fi
+export OMNIGLOT_ROOT=${OMNIGLOT_ROOT:-$REPO/../shared/data/omniglot}
+export REPTILE_BENCH_CACHE=${REPTILE_BENCH_CACHE:-$([[ $MODE == gpu ]] && echo /tmp/cache || echo "$WORK/cache")}
+export REPTILE_BENCH_OFFLINE=1 WANDB_MODE=disabled CI=1
+export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
+
+FAILED=""
+# note TEXT: print it and keep it in provenance.txt.
+note() { echo "note: $*"; if [[ $DRY != 1 ]]; then echo "note: $*" >> "$WORK/provenance.txt"; fi; }
+left() { echo $((DEADLINE - RESERVE_S - $(date +%s))); }
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
+
+# step NAME CAP_S CMD...: run CMD under `timeout` with min(CAP_S, time left before the bundle reserve).
+# A failing step is recorded and the script goes on: the other steps' numbers are still worth bringing back.
+step() {
+  local name=$1 cap=$2; shift 2
+  local l; l=$(left)
+  local limit=$((cap < l ? cap : l)) t0 rc=0
+  if [[ $DRY == 1 ]]; then
+    printf '[dry-run] %-9s limit <= %4s s: %s\n' "$name" "$cap" "${*@Q}"
+    return 0
+  fi
+  if ((limit < 5)); then
+    echo "== $name: SKIPPED, ${l} s left before the bundle" | tee -a "$WORK/steps.txt"
+    return 0
+  fi
+  echo "== $name: limit ${limit} s ($((DEADLINE - $(date +%s))) s of the budget left): $*"
+  t0=$(date +%s)
+  timeout -k 10 "$limit" "$@" || rc=$?
+  if ((rc)); then FAILED="$FAILED $name"; fi
+  echo "$name: exit $rc after $(($(date +%s) - t0)) s (limit ${limit} s)" | tee -a "$WORK/steps.txt"
+}
+
+finish() {
+  local rc=$?
+  trap - EXIT
+  echo "== bundle ($((DEADLINE - $(date +%s))) s of the budget left; script status so far $rc)"
+  { echo; echo "== steps (exit status, seconds) =="; cat "$WORK/steps.txt" 2>/dev/null || true
+    echo; echo "== paper-protocol schedule (benchmarks/gpu_cells.py) =="; cat "$WORK/schedule.txt" 2>/dev/null || echo "(did not run)"
+    echo; echo "total wall time before the bundle: $(($(date +%s) - START)) s of BUDGET_S=$BUDGET_S"
+  } >> "$WORK/provenance.txt"
+  local brc=0
+  timeout -k 5 $((RESERVE_S + 15)) "$PY" -m benchmarks.gpu_bundle bundle --work "$WORK" --out "$OUT" || brc=$?
+  echo "gpu_results.sh: $MODE run done in $(($(date +%s) - START)) s; files in OUT=$OUT"
+  if [[ -n $FAILED ]]; then echo "steps that failed or ran out of time:$FAILED (see log.txt)"; fi
+  if ((rc == 0 && brc == 0)) && [[ -n $FAILED ]]; then rc=1; fi
+  exit $((rc ? rc : brc))
+}
+
+# ------------------------------------------------------------------------------------------- setup
+echo "gpu_results.sh: mode $MODE, device $DEVICE, budget ${BUDGET_S} s (bundle reserve ${RESERVE_S} s), steps: $STEPS"
+echo "OUT=$OUT WORK=$WORK OMNIGLOT_ROOT=$OMNIGLOT_ROOT PYTHON=$PY"
+if [[ $DRY == 1 ]]; then
+  echo "[dry-run] setup: install .whl/*.whl into $SITE (pip --target, or unzip), check torch/higher/CUDA, write provenance"
+  echo "[dry-run] data: load the Omniglot small split once (cache in $REPTILE_BENCH_CACHE)"
+else
+  trap finish EXIT
+  if compgen -G '.whl/*.whl' >/dev/null; then
+    mkdir -p "$SITE"
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl; then
+      echo "pip could not install .whl/*.whl; unpacking the (pure-Python) wheels instead"
+      for w in .whl/*.whl; do "$PY" -m zipfile -e "$w" "$SITE"; done
+    fi
+    # Compile once, quietly: higher 0.2.1 has an `is 1` that makes every fresh compile print a SyntaxWarning.
+    "$PY" -W ignore -m compileall -q "$SITE" >/dev/null || true
+  elif [[ $MODE == gpu ]] && ! "$PY" -c 'import higher' 2>/dev/null; then
+    echo "error: no .whl/*.whl and \`higher\` is not importable: run \`make gpu-prepare\` and carry .whl" >&2
+    exit 3
+  else
+    echo "note: no .whl/ folder; using the environment's own \`higher\`"
+  fi
+  {
+    echo "== provenance of this GPU-script run =="
+    echo "date (UTC): $(date -u +%FT%TZ)  host: ${HOSTNAME:-unknown}  mode: $MODE  budget: ${BUDGET_S} s"
+    echo "command: bash benchmarks/gpu_results.sh $*  STEPS='$STEPS'"
+    echo "git: $(git rev-parse HEAD 2>/dev/null || echo 'no .git here')$(git status --porcelain 2>/dev/null | grep -q . && echo ' (tree differs from HEAD)' || true)"
+    if [[ -f .gpu-data/SOURCE.txt ]]; then echo "-- .gpu-data/SOURCE.txt (written by make gpu-prepare) --"; cat .gpu-data/SOURCE.txt; fi
+    echo "-- nvidia-smi --"
+    nvidia-smi 2>&1 || echo "(nvidia-smi not available)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.sm --format=csv 2>&1 || true
+    echo "-- python / torch --"
+  } > "$WORK/provenance.txt"
+  # One interpreter start: versions, device, and the checks (exit 3: a package missing; 4: no CUDA on the GPU run).
+  check=0
+  NEED_CUDA=$([[ $MODE == gpu ]] && echo 1 || echo 0) "$PY" - >> "$WORK/provenance.txt" 2>&1 <<'EOF' || check=$?
+import os, platform, sys
+try:
+    import torch, higher, pandas, matplotlib, tqdm, numpy  # noqa: F401  (what the steps import)
+except ImportError as e:
+    print(f"error: {e}: a package the benchmark needs does not import"); sys.exit(3)
+print("python", platform.python_version(), "| torch", torch.__version__, "| torch CUDA", torch.version.cuda,
+      "| cuDNN", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+      "| higher from", os.path.dirname(higher.__file__), "| pandas", pandas.__version__, "| numpy", numpy.__version__)
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("torch.cuda.get_device_name():", torch.cuda.get_device_name(), "| capability",
+          torch.cuda.get_device_capability(), "| memory", round(p.total_memory / 2**30, 1), "GiB | devices",
+          torch.cuda.device_count())
+else:
+    print("torch.cuda.get_device_name(): no CUDA device visible to torch")
+    if os.environ.get("NEED_CUDA") == "1":
+        print("error: torch sees no CUDA device; this script is for the GPU (use --rehearse on CPU)"); sys.exit(4)
+EOF
+  cat "$WORK/provenance.txt"
+  if ((check)); then echo "error: setup check failed (exit $check, message above)" >&2; exit "$check"; fi
+  if ! grep -qE '^backends *=.*batched' benchmarks/suites/scaling.toml; then
+    note "benchmarks/suites/scaling.toml lists only the reference backend: the sweep will not show 'batched'"
+  fi
+  step data 90 "$PY" -c "from datasets import load_pool
+for part in ('train', 'test'):
+    p = load_pool('omniglot', 'small', part, download=False)
+    print(f'omniglot small {part}: {p.num_classes} classes x {p.examples_per_class} images')"
+fi
+
+# ---------------------------------------------------------------------------------- (a) scaling sweep
+if wants scaling; then
+  l=$(left); cap=$((SCALING_MAX_S < l ? SCALING_MAX_S : l))
+  # --max-minutes lets the CLI stop cleanly (cells not started are listed) 15 s before `timeout` would kill it.
+  mm=$("$PY" -c "print(max(0.05, ($cap - 15) / 60))" 2>/dev/null || echo 1)
+  step scaling "$cap" "$PY" -m benchmarks.cli run --suite scaling --device "$DEVICE" --out "$WORK/results" \
+    --wandb disabled --max-minutes "$mm" ${SCALING_CELLS:+--cells "$SCALING_CELLS"}
+fi
+
+# ------------------------------------------------------------------------------- (b) micro-benchmarks
+if wants micro; then
+  l=$(left); micro_end=$(($(date +%s) + (MICRO_MAX_S < l ? MICRO_MAX_S : l)))
+  if grep -qs -- '--perf-device' tests/perf/conftest.py tests/conftest.py; then
+    step perf $((MICRO_MAX_S / 2)) "$PY" -m pytest -q -p no:cacheprovider tests/perf --benchmark-only \
+      --perf-device "$DEVICE" --benchmark-json "$WORK/benchmarks.json" ${PERF_SELECT:+-k "$PERF_SELECT"}
+  elif [[ $DEVICE == cpu ]]; then
+    step perf $((MICRO_MAX_S / 2)) "$PY" -m pytest -q -p no:cacheprovider tests/perf --benchmark-only \
+      --benchmark-json "$WORK/benchmarks.json" ${PERF_SELECT:+-k "$PERF_SELECT"}
+  else
+    note "tests/perf has no --perf-device option, so its meta-step benchmarks would time the CPU;" \
+      "only the sampler benchmark (CPU-side by nature) runs; benchmarks.limits times the meta-steps on CUDA"
+    step perf $((MICRO_MAX_S / 3)) "$PY" -m pytest -q -p no:cacheprovider tests/perf/test_sampling.py \
+      --benchmark-only --benchmark-json "$WORK/benchmarks.json"
+  fi
+  # shellcheck disable=SC2086 # LIMITS_ARGS is a list of words on purpose
+  step limits $((micro_end - $(date +%s))) "$PY" -m benchmarks.limits --device "$DEVICE" --json "$WORK/limits.json" $LIMITS_ARGS
+fi
+
+# ------------------------------------------------------------------ (c) paper protocol, Omniglot small
+if wants paper; then
+  step paper "$(left)" "$PY" -m benchmarks.gpu_cells --suite gpu-omniglot-small --out "$WORK/results" \
+    --device "$DEVICE" --deadline "$((DEADLINE - RESERVE_S - 5))" --tail "$TAIL" --min-window "$MIN_WINDOW" \
+    --wandb disabled --log "$WORK/schedule.txt" ${EVAL_TASKS:+--eval-tasks "$EVAL_TASKS"} \
+    ${PAPER_CELLS:+--cells "$PAPER_CELLS"}
+fi
+
+if [[ $DRY == 1 ]]; then
+  echo "[dry-run] bundle: $PY -m benchmarks.gpu_bundle bundle --work $WORK --out $OUT   (<= 8 files, table last)"
+  echo "[dry-run] device call: $CALL"
+fi
+# (d) the bundle runs in the EXIT trap (finish), also after a failure.
