@@ -22,8 +22,11 @@ test: setup
 	$(PY) -m pytest -q
 
 perf: setup
+	mkdir -p results/perf
 	$(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
-	$(PY) -m benchmarks.limits
+	mkdir -p results/limits
+	$(PY) -m benchmarks.limits --json results/limits/cpu.json
+	$(PY) -m benchmarks.readme
 
 benchmark: setup
 	$(PY) -m benchmarks.cli run --suite default --max-minutes 28

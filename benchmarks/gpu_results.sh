@@ -144,6 +144,12 @@ if compgen -G '.gpu-data/omniglot/*.zip' >/dev/null; then OMNIGLOT_ROOT=$REPO/.g
 export OMNIGLOT_ROOT=${OMNIGLOT_ROOT:-$REPO/../shared/data/omniglot}
 export REPTILE_BENCH_CACHE=${REPTILE_BENCH_CACHE:-$([[ $MODE == gpu ]] && echo /tmp/cache || echo "$WORK/cache")}
 export REPTILE_BENCH_OFFLINE=1 WANDB_MODE=disabled CI=1
+# .git does not travel to the device: the rows' git columns come from what `make gpu-prepare` recorded.
+if [[ -f .gpu-data/SOURCE.txt ]] && ! git rev-parse HEAD >/dev/null 2>&1; then
+  REPTILE_BENCH_GIT_COMMIT=$(sed -n 's/^git commit: //p' .gpu-data/SOURCE.txt)
+  REPTILE_BENCH_GIT_DIRTY=$([[ $(sed -n '4,$p' .gpu-data/SOURCE.txt | grep -c .) -gt 0 ]] && echo true || echo false)
+  export REPTILE_BENCH_GIT_COMMIT REPTILE_BENCH_GIT_DIRTY
+fi
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
 
 FAILED=""

@@ -48,6 +48,7 @@ from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, c
 from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
 from benchmarks.measure import autograd_saved_bytes, synchronize
+from benchmarks.provenance import command_line, git_state
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
@@ -214,7 +215,7 @@ def main(argv=None) -> dict:
     clock = "wall time" if args.device == "cuda" else "thread CPU time"
     print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | {args.repeats} repeats of {clock}")
     report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": args.repeats, "clock": clock,
-              "timings": {}, "memory": {}}
+              "command": command_line(), **git_state(), "timings": {}, "memory": {}}
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = [sample(shots, query, i).to(args.device) for i in range(3)]
@@ -233,6 +234,15 @@ def main(argv=None) -> dict:
             for k in ("batched", "batched-unrolled"):
                 print(f"  speed-up {k} vs higher (reference): x{ratio('reference', k, 'median'):.2f} (medians), "
                       f"x{ratio('reference', k, 'min'):.2f} (minima)")
+        if name == "reptile":
+            # Issue 2's budget: drawing a meta-batch must cost under 5% of a Reptile meta-step.
+            # Fresh task indices per call, as training draws them; the same clock as the steps.
+            draws = iter(range(10**9))
+            samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, args.repeats, "cpu")["sampling"]
+            report["timings"][name]["sampling (CPU)"] = samp
+            for k in ("reference", "batched"):
+                print(f"  sampling a meta-batch (CPU): {samp['median'] * 1e3:.2f} ms = "
+                      f"{100 * samp['median'] / med[k]['median']:.1f}% of a {k} Reptile meta-step (target < 5%)")
         if "batched+compile" in med:
             print(f"  torch.compile gain: x{ratio('batched', 'batched+compile', 'median'):.2f} (medians)")
     kind = "CUDA allocator peak" if args.device == "cuda" else "autograd saved-tensor bytes (peak)"

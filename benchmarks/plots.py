@@ -16,10 +16,8 @@ Every title names the device(s) of the rows plotted.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -29,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmarks.results import read_curves  # noqa: E402
+from datasets.archive import atomic_write  # noqa: E402
 from benchmarks.tables import SKIP_DIRS, is_scaling, load_rows  # noqa: E402
 
 COLOURS = {"reptile": "tab:blue", "fomaml": "tab:orange", "maml": "tab:red"}
@@ -40,14 +39,9 @@ def slug(text: str) -> str:
 
 
 def save_atomic(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_write(path, suffix=".png") as f:
+            fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
 

@@ -29,9 +29,10 @@ def _git(*args: str) -> str | None:
 
 
 def git_commit() -> str:
-    """Full hash of HEAD, or empty when this is not a git checkout."""
+    """Full hash of HEAD; outside a git checkout, $REPTILE_BENCH_GIT_COMMIT (set by the GPU script
+    from what `make gpu-prepare` recorded), else empty."""
     out = _git("rev-parse", "HEAD")
-    return out.strip() if out else ""
+    return out.strip() if out else os.environ.get("REPTILE_BENCH_GIT_COMMIT", "")
 
 
 def git_dirty(exclude: str | os.PathLike | None = None) -> bool | str:
@@ -48,7 +49,9 @@ def git_dirty(exclude: str | os.PathLike | None = None) -> bool | str:
         except ValueError:  # outside the repository: cannot make it dirty
             pass
     out = _git("status", "--porcelain", *spec)
-    return "" if out is None else bool(out.strip())
+    if out is None:  # not a checkout: what the GPU script recorded, else unknown
+        return {"true": True, "false": False}.get(os.environ.get("REPTILE_BENCH_GIT_DIRTY", ""), "")
+    return bool(out.strip())
 
 
 def git_state(exclude: str | os.PathLike | None = None) -> dict[str, object]:

@@ -4,8 +4,9 @@
 
 Replaces everything between the lines ``<!-- results:start -->`` and ``<!-- results:end -->`` with:
 the default suite's table (``results/tables/default_suite.md``, written by ``python -m benchmarks.tables``;
-every number there has its device), links to the paper tables, comparison and plots, and a
-performance table from ``results/perf/*.json`` (pytest-benchmark JSON), each line naming its device.
+every number there has its device), links to the paper tables, comparison and plots, and the
+performance tables from ``results/limits/*.json`` (``benchmarks.limits``) and ``results/perf/*.json``
+(pytest-benchmark JSON), each line naming its device.
 Nothing outside the markers changes; running it twice changes nothing the second time.
 ``--check`` writes nothing and exits 1 when the section is out of date (for tests and CI).
 """
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.tables import write_text_atomic
+from benchmarks.table_format import write_text_atomic
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COMMAND = "python -m benchmarks.readme"
@@ -62,6 +63,37 @@ def perf_lines(perf_dir: Path, readme: Path) -> list[str]:
     return ["| Benchmark | Median | IQR | Rounds | Device | Git commit | File |", "|---|---|---|---|---|---|---|"] + lines
 
 
+def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
+    """Meta-step time over its forward/backward floor, from ``limits_dir/*.json`` (``python -m benchmarks.limits --json``)."""
+    lines, mem = [], []
+    for path in sorted(limits_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            device, timings, memory = data["device"], data["timings"], data["memory"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not `benchmarks.limits --json` output ({e}); regenerate it with `make perf`") from e
+        for setting, med in timings.items():
+            floor = med["floor (loop)"]["median"]
+            for name, t in med.items():
+                if name.startswith("floor"):
+                    continue
+                ratio = "—" if name.startswith("sampling") else f"×{t['median'] / floor:.2f}"
+                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {device} | {_link(path, readme)} |")
+        for steps, m in memory.items():
+            ref = m["reference"]
+            mem.append(f"| {steps} | " + " | ".join(f"{m[k] / 2**20:.1f} MiB" for k in ("reference", "batched", "batched-unrolled"))
+                       + f" | ×{m['batched'] / ref:.2f} | {device} |")
+    if not lines:
+        return []
+    out = ["| Setting | Implementation | Median per meta-step | ÷ floor (bare forward/backward, task by task) | Device | File |",
+           "|---|---|---|---|---|---|", *lines]
+    if mem:
+        out += ["", "Second-order MAML memory (CPU: autograd saved-tensor bytes; CUDA: allocator peak):", "",
+                "| Inner steps | higher (reference) | batched (HVP chain) | batched (unrolled) | batched ÷ higher | Device |",
+                "|---|---|---|---|---|---|", *mem]
+    return out
+
+
 def build_section(readme: Path, results_dir: Path) -> str:
     """The text between the markers (markers excluded)."""
     tables, plots = results_dir / "tables", results_dir / "plots"
@@ -81,6 +113,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
         if (tables / name).is_file()]
     links += [f"Plot: {_link(p, readme)}" for p in sorted(plots.glob("*.png"))]
     out += [f"- {link}" for link in links] + ([""] if links else [])
+    limits = limits_lines(results_dir / "limits", readme)
+    if limits:
+        out += ["#### Distance to the hardware floor (`python -m benchmarks.limits`; `make perf`)", "", *limits, ""]
     perf = perf_lines(results_dir / "perf", readme)
     if perf:
         out += ["#### Performance micro-benchmarks (pytest-benchmark; `make perf`)", "", *perf, ""]

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pandas as pd
+
+from datasets.archive import atomic_write
 
 SCHEMA_VERSION = 1
 
@@ -112,30 +113,10 @@ def completed_hashes(path: str | os.PathLike) -> set[str]:
     return set(df.loc[df["complete"] == True, "config_hash"].astype(str))  # noqa: E712 (object column)
 
 
-def atomic_temp(path: Path) -> tuple[int, str]:
-    """A temporary file beside ``path`` (same filesystem, so ``os.replace`` is atomic), with the
-    permissions a plainly created file would get (mkstemp's are owner-only)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    return fd, tmp
-
-
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``df`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = atomic_temp(path)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        df.to_csv(f, index=False)
 
 
 @contextlib.contextmanager

@@ -37,10 +37,11 @@ from tqdm import tqdm
 from algorithms import DivergedError, build_learner, build_model
 from algorithms.evaluation import evaluate
 from datasets import MissingDataError, load_pool
+from datasets.archive import atomic_write
 
 from . import measure, provenance
 from .config import CellConfig
-from .results import COLUMNS, atomic_temp, CURVES_FILE, ROWS_FILE, SCHEMA_VERSION, write_curves, write_row
+from .results import COLUMNS, CURVES_FILE, ROWS_FILE, SCHEMA_VERSION, write_curves, write_row
 
 EXIT_BAD_CONFIG, EXIT_MISSING_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -61,15 +62,8 @@ def checkpoint_path(out: Path, cell: CellConfig) -> Path:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = atomic_temp(path)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path, cell: CellConfig) -> dict[str, Any] | None:

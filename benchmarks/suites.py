@@ -230,6 +230,6 @@ def format_cells(cells: Iterable[CellConfig]) -> str:
 
 
 if __name__ == "__main__":
-    for suite_name in sys.argv[1:] or available_suites():
-        print(f"{suite_name}: {describe(suite_name)}")
-        print(format_cells(load_suite(suite_name)))
+    for name in sys.argv[1:] or available_suites():
+        print(f"{name}: {describe(name)}")
+        print(format_cells(load_suite(name)))

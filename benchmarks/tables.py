@@ -18,15 +18,14 @@ A pure function of the rows: the same rows give byte-identical files (no dates i
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.results import read_rows
+from benchmarks.table_format import fmt_bytes, fmt_pm, latex_escape, table_latex, table_markdown, write_text_atomic  # noqa: F401
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.csv"
 SKIP_DIRS = {"reference", "tables", "plots", "perf"}
@@ -57,19 +56,6 @@ NOTE = ("Our cells: mean ± 95% CI (n = evaluation tasks per seed, meta-iteratio
         "'incomplete': the run was cut short by a budget. 'not run': no row for that cell. Only rows of the "
         "paper's splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill Tables 1 and 2. Published: Nichol et "
         "al. 2018 (arXiv 1803.02999) Tables 1-2; their MAML rows are Finn et al. 2017's.")
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_rows(results_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
@@ -139,16 +125,6 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
                       else f"sine K={k}" for d, s, w, k, t in zip(out.dataset, out.split, out.ways, out.shots,
                                                                   out.transductive)]
     return out
-
-
-def fmt_pm(mean, ci, digits: int = 2) -> str:
-    if isinstance(mean, str):  # published: keep the paper's decimals
-        return f"{mean} ± {ci}"
-    return "—" if pd.isna(mean) else f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
-def fmt_bytes(n) -> str:
-    return "—" if pd.isna(n) else f"{n / 2 ** 20:,.1f} MiB"
 
 
 def fmt_iterations(g) -> str:
@@ -269,42 +245,6 @@ def sine_table(groups: pd.DataFrame):
              fmt_pm(g.value, g.value_ci, 4), g.eval_tasks, fmt_iterations(g), g.device]
             for g in s.sort_values(["shots", "algorithm", "backend", "suite", "cell"]).itertuples()]
     return header, body, list(s.itertuples())
-
-
-def table_markdown(header: list[str], body: list[list[str]]) -> str:
-    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(cell, row)) + " |" for row in body]) + "\n"
-
-
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                 "±": r"$\pm$", "—": "---", "–": "--", "≤": r"$\leq$", "·": r"$\cdot$", "²": r"$^2$",
-                 "✓": "", "✗": "", "−": "-"}
-
-
-def latex_escape(text: str) -> str:
-    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-    return out.replace(" disjoint", r" \textbf{disjoint}").replace("  ", " ")
-
-
-def table_latex(header: list[str], body: list[list[str]], caption: str) -> str:
-    """A booktabs table; ``group: sub`` headers become a \\multicolumn row over a sub-header row."""
-    groups = [h.split(": ", 1) if ": " in h else [h, ""] for h in header]
-    top, i = [], 0
-    while i < len(groups):
-        j = i
-        while j + 1 < len(groups) and groups[j + 1][0] == groups[i][0] and groups[i][1]:
-            j += 1
-        top.append(latex_escape(groups[i][0]) if j == i else
-                   rf"\multicolumn{{{j - i + 1}}}{{c}}{{{latex_escape(groups[i][0])}}}")
-        i = j + 1
-    lines = [r"\begin{table}[ht]", r"\centering\small", rf"\caption{{{latex_escape(caption)}}}",
-             r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\toprule", " & ".join(top) + r" \\"]
-    if any(sub for _, sub in groups):
-        lines.append(" & ".join(latex_escape(sub) for _, sub in groups) + r" \\")
-    lines += [r"\midrule"] + [" & ".join(map(latex_escape, row)) + r" \\" for row in body]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
 
 
 def provenance(used: list, files: list[Path], command: str, comment: str = "") -> str:

@@ -25,7 +25,8 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from contextlib import contextmanager
+from typing import IO, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -134,12 +135,27 @@ def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> list[P
     return written
 
 
-def publish(tmp: str, dest: str | os.PathLike) -> None:
-    """Atomically move a finished temp file into place, readable like any file the user creates."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a shared data folder needs others to read them
-    os.replace(tmp, dest)
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", suffix: str = ".tmp", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on a clean exit flush, fsync and rename it
+    over ``path``; on any error (Ctrl-C included) remove it. ``path`` is therefore always either the
+    old file or the complete new one. Every file this project writes goes through here.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a shared folder needs others to read them
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def downloads_allowed(download: bool | None) -> bool:
@@ -152,16 +168,14 @@ def downloads_allowed(download: bool | None) -> bool:
 def download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 60.0) -> Path:
     """Fetch ``url`` to a temp file beside ``dest``, verify its md5, then rename it into place."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            shutil.copyfileobj(response, out)
-        verify_md5(tmp, md5, fix=f"the download from {url} is damaged; try again")
-        publish(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(dest, suffix=".part") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        digest = hashlib.md5()
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        if digest.hexdigest() != md5:  # raising here discards the temp file: nothing half-written is kept
+            raise DataError(f"{dest.name}: md5 checksum is {digest.hexdigest()}, expected {md5}; "
+                            f"the download from {url} is damaged; try again")
     return dest
 
 
@@ -200,18 +214,9 @@ def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], m
     on the way out; ``path`` is either the old file or the complete new one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            payload = dict(arrays, _meta=np.array(json.dumps(dict(meta), sort_keys=True)))
-            (np.savez_compressed if compress else np.savez)(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f:
+        payload = dict(arrays, _meta=np.array(json.dumps(dict(meta), sort_keys=True)))
+        (np.savez_compressed if compress else np.savez)(f, **payload)
     return path
 
 

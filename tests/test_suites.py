@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from benchmarks import suites
+
 from benchmarks.config import CellConfig
 from benchmarks.suites import SuiteError, available_suites, load_suite, select
 

@@ -23,6 +23,7 @@ import torch
 from algorithms import MetaConfig, build_learner
 from algorithms.models import OmniglotCNN
 from benchmarks.limits import SETTINGS, T, WAYS, task_source
+from benchmarks.provenance import device_name
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,8 @@ def tasks():
 @pytest.mark.parametrize("backend", ["reference", "batched"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_meta_step(benchmark, tasks, perf_device, setting, backend):
+    if perf_device == "cpu":
+        torch.set_num_threads(1)  # PITFALLS section 4: one thread gives the stable figures on shared cores
     sample, source = tasks
     shots, query, cfg = SETTINGS[setting]
     torch.manual_seed(0)
@@ -45,7 +48,7 @@ def test_meta_step(benchmark, tasks, perf_device, setting, backend):
     batch = sample(shots, query, 0).to(perf_device)
     assert batch.support_x.shape == (T, WAYS * shots, 1, 28, 28)
     benchmark.group = setting
-    benchmark.extra_info.update(tasks=source, backend=backend, device=perf_device, config=cfg)
+    benchmark.extra_info.update(tasks=source, backend=backend, device=device_name(perf_device), config=cfg)
 
     def step():
         metrics = learner.meta_step(batch)
