@@ -70,9 +70,15 @@ def test_default_suite_contents():
         assert ("omniglot", "small", 5, 1, alg) in settings and ("omniglot", "small", 5, 5, alg) in settings
     # Paired comparison: within a setting every algorithm is scored on the same task pool.
     for shots in (1, 5):
-        pool = {(c.eval.seed, c.eval.num_tasks, c.eval.query, c.eval.transductive)
+        pool = {(c.eval.seed, c.eval.num_tasks, c.eval.query)
                 for c in accuracy if c.dataset == "omniglot" and c.shots == shots}
         assert len(pool) == 1
+        # Every algorithm under the shared (transductive) protocol; Reptile also under its own.
+        protocols = {(c.learner.algorithm, c.eval.transductive) for c in accuracy if c.dataset == "omniglot" and c.shots == shots}
+        assert protocols == {("reptile", True), ("fomaml", True), ("maml", True), ("reptile", False)}
+        reptile = [c for c in accuracy if c.dataset == "omniglot" and c.shots == shots and c.learner.algorithm == "reptile"]
+        # The two Reptile cells differ only in the evaluation protocol, so the protocol is what the table compares.
+        assert reptile[0].learner == reptile[1].learner and reptile[0].train_shots == reptile[1].train_shots
 
 
 def test_paper_suites_use_each_papers_settings():
