@@ -107,6 +107,14 @@ def build_section(readme: Path, results_dir: Path) -> str:
         out += ["#### Default suite (accuracy, memory, time; device named per row)", *body, ""]
     else:
         out += [f"_No results yet: run `make benchmark` (then `{COMMAND}`)._", ""]
+    comparison = tables / "comparison.md"
+    if comparison.is_file():
+        # The measured form of the paper's qualitative comparison: its first section, table and legend.
+        text = comparison.read_text()
+        head = "## Gradient order, memory, time and accuracy"
+        if head in text:
+            body = text.split(head, 1)[1].split("\n## ", 1)[0].strip("\n")
+            out += ["#### Gradient order, memory and time per meta-step (scaling sweep) beside accuracy", "", body, ""]
     links = [f"{label}: {_link(tables / name, readme)}" for label, name in (
         ("Paper tables, published beside ours", "paper_tables.md"), ("LaTeX", "paper_tables.tex"),
         ("Measured comparison (gradient order, memory, time, sine MSE)", "comparison.md"))

@@ -51,6 +51,10 @@ def test_section_replaced_idempotently(project):
     section = text.split(readme.START)[1].split(readme.END)[0]
     assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot | accuracy % | 91.50 ± 0.80 |" in section
     assert "[results/tables/paper_tables.md](results/tables/paper_tables.md)" in section
+    # The measured comparison (gradient order / memory / time / accuracy) is embedded, legend included.
+    # (the fixture has no scaling rows, so the embedded section says so instead of showing a table)
+    assert "#### Gradient order, memory and time per meta-step" in section and "_no scaling-sweep rows" in section
+    assert "Growth per inner step: slope" in section and "## Sine regression" not in section
     assert "[results/plots/scaling-cpu-x.png](results/plots/scaling-cpu-x.png)" in section
     assert "| test_meta_step[maml] | 12.3 ms | 400 µs | 7 | cpu: Test CPU 3000 | bbbbbbbbbbbb |" in section
     assert "| test_meta_step_gpu | 25 µs | 1 µs | 100 | cuda: Test GPU |" in section
