@@ -121,7 +121,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
         r[col] = r[col].map(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)
     out = r.groupby(keys, sort=True).apply(_seed_summary, include_groups=False).reset_index()
     out["scaling"] = is_scaling(out)
-    out["setting"] = [f"{d}/{s} {w}-way {k}-shot{' transductive' if t == True else ''}" if d != "sine"
+    out["setting"] = [f"{d}/{s} {w}-way {k}-shot{' transductive' if t == True else ' non-transductive'}" if d != "sine"
                       else f"sine K={k}" for d, s, w, k, t in zip(out.dataset, out.split, out.ways, out.shots,
                                                                   out.transductive)]
     return out

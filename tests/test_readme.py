@@ -49,7 +49,7 @@ def test_section_replaced_idempotently(project):
     assert text.startswith(BEFORE + readme.START) and text.endswith(readme.END + AFTER)
     assert "stale text" not in text
     section = text.split(readme.START)[1].split(readme.END)[0]
-    assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot | accuracy % | 91.50 ± 0.80 |" in section
+    assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot non-transductive | accuracy % | 91.50 ± 0.80 |" in section
     assert "[results/tables/paper_tables.md](results/tables/paper_tables.md)" in section
     # The measured comparison (gradient order / memory / time / accuracy) is embedded, legend included.
     # (the fixture has no scaling rows, so the embedded section says so instead of showing a table)
