@@ -146,6 +146,11 @@ class MetaLearner(ABC):
     def meta_step(self, batch: TaskBatch) -> dict[str, float]:
         """One outer update from a meta-batch; returns at least ``loss`` (mean inner/query loss)."""
 
+    def _like_model(self, batch: TaskBatch) -> TaskBatch:
+        """The batch on the meta-parameters' device, its float tensors in their dtype (float64 in tests)."""
+        p = next(self.model.parameters())
+        return batch.to(p.device, dtype=p.dtype)
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (tensors and plain Python only, for weights_only=True)."""
         return {"model": self.model.state_dict(), "iteration": self.iteration, "generator": self.generator.get_state()}

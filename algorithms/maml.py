@@ -96,10 +96,6 @@ class MAML(MetaLearner):
         self.iteration += 1
         return metrics
 
-    def _like_model(self, batch: TaskBatch) -> TaskBatch:
-        p = next(self.model.parameters())
-        return batch.to(p.device, dtype=p.dtype)
-
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "outer_optimizer": self.outer_optimizer.state_dict()}
 

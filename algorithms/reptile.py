@@ -102,10 +102,6 @@ class Reptile(MetaLearner):
         self.iteration += 1
         return {**metrics, "epsilon": eps}
 
-    def _like_model(self, batch: TaskBatch) -> TaskBatch:
-        p = next(self.model.parameters())
-        return batch.to(p.device, dtype=p.dtype)
-
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "inner_optimizer": self.inner_optimizer.state_dict()}
 
