@@ -48,7 +48,7 @@ from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, c
 from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
 from benchmarks.measure import autograd_saved_bytes, synchronize
-from benchmarks.provenance import command_line, git_state
+from benchmarks.provenance import command_line, device_name, git_state
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     model = OmniglotCNN(WAYS).to(args.device)
     sample, source = task_source()
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    dev = device_name(args.device)  # the same name as the result rows' device column
     clock = "wall time" if args.device == "cuda" else "thread CPU time"
     print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | {args.repeats} repeats of {clock}")
     report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": args.repeats, "clock": clock,

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from algorithms import MetaConfig, build_learner
 from algorithms.models import OmniglotCNN
+from benchmarks.measure import StepTimes
 from datasets.tasks import ClassPool
 
 
@@ -59,19 +59,12 @@ def time_setting(setting: Setting, steps: int, warmup: int, device: torch.device
     torch.manual_seed(0)
     model = OmniglotCNN(setting.ways).to(device)
     learner = build_learner(setting.config, model, total_iterations=steps + warmup, seed=0)
-    times = []
+    times = StepTimes()
     for it in range(steps + warmup):
         batch = pool.sample_batch(setting.ways, setting.shots, setting.query, seed=0, indices=range(it * setting.tasks, (it + 1) * setting.tasks))
         batch = batch.to(device)  # the transfer is not part of the meta-step
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        learner.meta_step(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if it >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        times.time(str(device), lambda: learner.meta_step(batch))
+    return times.seconds[warmup:]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,7 +83,7 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
     """`benchmarks.limits --json` output becomes a table of time / floor, with its device on every line."""
     results = tmp_path / "results"
     (results / "limits").mkdir(parents=True)
-    report = {"device": "cpu, 1 thread(s)", "timings": {"reptile": {
+    report = {"device": "cpu: Test CPU (1 thread)", "timings": {"reptile": {
         "reference": {"median": 0.150, "min": 0.14}, "batched": {"median": 0.125, "min": 0.12},
         "floor (loop)": {"median": 0.100, "min": 0.09}, "floor (batched)": {"median": 0.1, "min": 0.09}}},
         "memory": {"5": {"reference": 40 * 2**20, "batched": 10 * 2**20, "batched-unrolled": 40 * 2**20}}}
@@ -92,10 +92,10 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
-    assert "| reptile | reference | 150 ms | ×1.50 | cpu, 1 thread(s) |" in text
+    assert "| reptile | reference | 150 ms | ×1.50 | cpu: Test CPU (1 thread) |" in text
     assert "| reptile | batched | 125 ms | ×1.25 |" in text
     assert "floor (loop)" not in text  # the floor is the denominator, not a row
-    assert "| 5 | 40.0 MiB | 10.0 MiB | 40.0 MiB | ×0.25 | cpu, 1 thread(s) |" in text
+    assert "| 5 | 40.0 MiB | 10.0 MiB | 40.0 MiB | ×0.25 | cpu: Test CPU (1 thread) |" in text
     (results / "limits" / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="make perf"):
         limits_lines(results / "limits", tmp_path / "README.md")
