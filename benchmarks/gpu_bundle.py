@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .table_format import write_text_atomic
 from .results import COLUMNS, CURVE_COLUMNS, ROWS_FILE, CURVES_FILE, read_curves, read_rows, write_csv_atomic
 
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20
@@ -123,7 +124,7 @@ def bundle(work: Path, out: Path) -> int:
     summary = table(rows)
     prov = (work / "provenance.txt").read_text() if (work / "provenance.txt").is_file() else ""
     extra = "".join(f"- {n}\n" for n in notes)
-    (out / "provenance.txt").write_text(
+    write_text_atomic(out / "provenance.txt",
         prov + ("\n== bundle notes ==\n" + extra if extra else "") + "\n== summary ==\n" + summary + "\n")
     log = work / "log.txt"
     if log.is_file():

@@ -41,6 +41,7 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+from .table_format import write_text_atomic
 from .results import ROWS_FILE, read_rows_or_empty
 from .suites import load_suite, suite_name, suite_path
 
@@ -128,8 +129,8 @@ def rehearsal_suite(name: str, tasks: int, folder: Path) -> Path:
     spec.setdefault("defaults", {})["curve_tasks"] = min(spec.get("defaults", {}).get("curve_tasks", tasks), tasks)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{suite_name(name)}.toml"
-    path.write_text(f"# Written by benchmarks.gpu_cells --eval-tasks {tasks} from suite {name}: rehearsal only.\n"
-                    + toml_dumps(spec))
+    write_text_atomic(path, f"# Written by benchmarks.gpu_cells --eval-tasks {tasks} from suite {name}: rehearsal only.\n"
+                      + toml_dumps(spec))
     return path
 
 

@@ -26,6 +26,11 @@ processes hold the shared cores; wall time on CUDA. Medians and minima are
 both printed.
 "batched (grouped)" / "batched (loop)" is the batched backend with the other
 way of batching convolutions than this device's default (``functional.py``).
+"torch.func loop" / "torch.func vmap*" (second order only) are the meta-gradient
+written with ``torch.func.grad`` (``benchmarks/func_maml.py``), tasks looped or
+vmapped; * marks vmap's WRONG second derivatives through batch norm (PITFALLS
+section 1): it is timed to show what vmap would buy, not offered as a backend.
+Both compute the meta-gradient only (no outer Adam step, a fraction of a ms here).
 The second-order floor is the unrolled computation; the batched backend's
 default (a Hessian-vector-product chain, see ``algorithms/batched.py``) does
 more work than it by design, to keep memory flat in K.
@@ -47,8 +52,10 @@ from algorithms import MetaConfig, build_learner
 from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, chunks
 from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
+from benchmarks.func_maml import func_meta_gradient
 from benchmarks.measure import autograd_saved_bytes, synchronize
 from benchmarks.provenance import command_line, device_name, git_state
+from datasets.archive import atomic_write
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
@@ -137,6 +144,10 @@ def contenders(name: str, model, batches, compile_inner: bool) -> dict:
     out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other))
     if kind == "maml":
         out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True))
+        # torch.func, the textbook way (benchmarks/func_maml.py): timed only, the vmap one is wrong through batch norm.
+        for label, vmap_tasks in (("torch.func loop", False), ("torch.func vmap*", True)):
+            cycle = itertools.cycle(batches)
+            out[label] = lambda v=vmap_tasks, c=cycle: func_meta_gradient(model, next(c), cfg["inner_lr"], cfg["inner_steps"], v)
     if compile_inner and kind != "maml":
         # Double backward through compiled graphs is unsupported, so only first-order learners are compiled.
         learner = build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10**6, seed=0)
@@ -231,7 +242,7 @@ def main(argv=None) -> dict:
             print(f"  {k:<18} {v['median'] * 1e3:7.1f} ms {v['min'] * 1e3:7.1f} ms{extra}")
         ratio = lambda a, b, q: med[a][q] / med[b][q]  # noqa: E731
         if name.startswith("maml"):
-            for k in ("batched", "batched-unrolled"):
+            for k in ("batched", "batched-unrolled", "torch.func loop", "torch.func vmap*"):
                 print(f"  speed-up {k} vs higher (reference): x{ratio('reference', k, 'median'):.2f} (medians), "
                       f"x{ratio('reference', k, 'min'):.2f} (minima)")
         if name == "reptile":
@@ -253,7 +264,7 @@ def main(argv=None) -> dict:
         row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
         print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
     if args.json:
-        with open(args.json, "w") as f:
+        with atomic_write(args.json, "w") as f:
             json.dump(report, f, indent=1)
     return report
 

@@ -73,20 +73,25 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is not `benchmarks.limits --json` output ({e}); regenerate it with `make perf`") from e
         for setting, med in timings.items():
-            floor = med["floor (loop)"]["median"]
+            floor, ref = med["floor (loop)"]["median"], med["reference"]["median"]
             for name, t in med.items():
                 if name.startswith("floor"):
                     continue
-                ratio = "—" if name.startswith("sampling") else f"×{t['median'] / floor:.2f}"
-                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {device} | {_link(path, readme)} |")
+                sampling = name.startswith("sampling")
+                ratio = "—" if sampling else f"×{t['median'] / floor:.2f}"
+                vs_ref = "—" if sampling or name == "reference" else f"×{ref / t['median']:.2f}"
+                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {device} | {_link(path, readme)} |")
         for steps, m in memory.items():
             ref = m["reference"]
             mem.append(f"| {steps} | " + " | ".join(f"{m[k] / 2**20:.1f} MiB" for k in ("reference", "batched", "batched-unrolled"))
                        + f" | ×{m['batched'] / ref:.2f} | {device} |")
     if not lines:
         return []
-    out = ["| Setting | Implementation | Median per meta-step | ÷ floor (bare forward/backward, task by task) | Device | File |",
-           "|---|---|---|---|---|---|", *lines]
+    out = ["| Setting | Implementation | Median per meta-step | ÷ floor (bare forward/backward, task by task) "
+           "| speed-up over reference | Device | File |", "|---|---|---|---|---|---|---|", *lines]
+    if any("*" in line.split("|")[2] for line in lines):
+        out += ["", "\\* torch.func with `vmap` over tasks gives wrong second derivatives through batch norm "
+                "(`tests/test_func_maml.py`); it is timed only to show what vmap would buy."]
     if mem:
         out += ["", "Second-order MAML memory (CPU: autograd saved-tensor bytes; CUDA: allocator peak):", "",
                 "| Inner steps | higher (reference) | batched (HVP chain) | batched (unrolled) | batched ÷ higher | Device |",

@@ -92,8 +92,9 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
-    assert "| reptile | reference | 150 ms | ×1.50 | cpu: Test CPU (1 thread) |" in text
-    assert "| reptile | batched | 125 ms | ×1.25 |" in text
+    assert "| reptile | reference | 150 ms | ×1.50 | — | cpu: Test CPU (1 thread) |" in text
+    assert "| reptile | batched | 125 ms | ×1.25 | ×1.20 |" in text  # 150 / 125 faster than the reference
+    assert "wrong second derivatives" not in text  # the vmap footnote only comes with a vmap row
     assert "floor (loop)" not in text  # the floor is the denominator, not a row
     assert "| 5 | 40.0 MiB | 10.0 MiB | 40.0 MiB | ×0.25 | cpu: Test CPU (1 thread) |" in text
     (results / "limits" / "bad.json").write_text("{}")
