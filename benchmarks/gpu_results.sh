@@ -117,7 +117,7 @@ else
   # (~300) to the 6 paper cells: ~140 for their evaluations (TAIL, first guesses, then measured), the
   # remainder shared equally as training windows (~25 s each, process start included).
   : "${BUDGET_S:=540}" "${RESERVE_S:=30}" "${SCALING_MAX_S:=120}" "${MICRO_MAX_S:=70}" "${MIN_WINDOW:=15}"
-  : "${SCALING_CELLS=}" "${PERF_SELECT=}" "${LIMITS_ARGS=}" "${EVAL_TASKS=}" "${TAIL:=reptile=45,fomaml=12,maml=12}"
+  : "${SCALING_CELLS=}" "${PERF_SELECT=}" "${LIMITS_ARGS=--repeats 15}" "${EVAL_TASKS=}" "${TAIL:=reptile=45,fomaml=12,maml=12}"
   : "${PAPER_CELLS=}"
 fi
 : "${STEPS:=scaling micro paper}"

@@ -66,6 +66,8 @@ SETTINGS = {  # name -> (shots, query, config)
     "fomaml-1": (5, 15, dict(algorithm="fomaml", inner_steps=1, inner_lr=0.4, meta_lr=1e-3)),
     "maml-1": (5, 15, dict(algorithm="maml", inner_steps=1, inner_lr=0.4, meta_lr=1e-3)),
 }
+# Medians of the cheap settings move most with the shared cores' noise, and their repeats cost least.
+DEFAULT_REPEATS = {"reptile": 45, "fomaml-5": 15, "maml-5": 15, "fomaml-1": 30, "maml-1": 15}
 
 
 def task_source():
@@ -210,7 +212,9 @@ def memory(model, sample, device: str, steps: int) -> dict[str, int]:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=15, help="timed meta-steps per contender (median reported)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed meta-steps per contender (median reported); default: more for cheaper settings, "
+                         f"{DEFAULT_REPEATS}")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     ap.add_argument("--compile", action="store_true", help="CUDA: also time first-order batched learners with torch.compile'd forward")
     ap.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
@@ -224,13 +228,14 @@ def main(argv=None) -> dict:
     sample, source = task_source()
     dev = device_name(args.device)  # the same name as the result rows' device column
     clock = "wall time" if args.device == "cuda" else "thread CPU time"
-    print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | {args.repeats} repeats of {clock}")
-    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": args.repeats, "clock": clock,
+    repeats = {name: args.repeats or DEFAULT_REPEATS[name] for name in args.only}
+    print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock}: {repeats}")
+    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock,
               "command": command_line(), **git_state(), "timings": {}, "memory": {}}
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = [sample(shots, query, i).to(args.device) for i in range(3)]
-        med = time_round_robin(contenders(name, model, batches, args.compile), args.repeats, args.device)
+        med = time_round_robin(contenders(name, model, batches, args.compile), repeats[name], args.device)
         report["timings"][name] = med
         print(f"\n{name}: {SETTINGS[name][2]}")
         print(f"  {'':<18} {'median':>9}    {'min':>7}     median / floor (loop, batched)    min / min floor (loop, batched)")
@@ -249,7 +254,7 @@ def main(argv=None) -> dict:
             # Issue 2's budget: drawing a meta-batch must cost under 5% of a Reptile meta-step.
             # Fresh task indices per call, as training draws them; the same clock as the steps.
             draws = iter(range(10**9))
-            samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, args.repeats, "cpu")["sampling"]
+            samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, repeats[name], "cpu")["sampling"]
             report["timings"][name]["sampling (CPU)"] = samp
             for k in ("reference", "batched"):
                 print(f"  sampling a meta-batch (CPU): {samp['median'] * 1e3:.2f} ms = "
