@@ -54,7 +54,7 @@ from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
 from benchmarks.func_maml import func_meta_gradient
 from benchmarks.measure import autograd_saved_bytes, synchronize
-from benchmarks.provenance import command_line, device_name, git_state
+from benchmarks.provenance import REPO_ROOT, command_line, device_name, git_state
 from datasets.archive import atomic_write
 from datasets.tasks import TaskBatch
 
@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
     repeats = {name: args.repeats or DEFAULT_REPEATS[name] for name in args.only}
     print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock}: {repeats}")
     report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock,
-              "command": command_line(), **git_state(), "timings": {}, "memory": {}}
+              "command": command_line(), **git_state(exclude=REPO_ROOT / "results"), "timings": {}, "memory": {}}
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = [sample(shots, query, i).to(args.device) for i in range(3)]
