@@ -38,7 +38,7 @@ class MetaConfig:
     algorithm: str = "reptile"
     """Registry name: ``reptile``, ``fomaml`` or ``maml`` (second order)."""
     backend: str = "reference"
-    """``reference`` (task by task; MAML through ``higher``) or ``batched`` (torch.func over the meta-batch)."""
+    """``reference`` (task by task; MAML through ``higher``) or ``batched`` (the meta-batch together, ``batched.py``)."""
     inner_steps: int = 5
     """Inner-loop updates per task during meta-training (all algorithms)."""
     inner_lr: float = 1e-3
