@@ -25,7 +25,7 @@ perf: setup
 	mkdir -p results/perf
 	$(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
 	mkdir -p results/limits
-	$(PY) -m benchmarks.limits --json results/limits/cpu.json
+	$(PY) -m benchmarks.limits --compile --json results/limits/cpu.json
 	$(PY) -m benchmarks.readme
 
 benchmark: setup

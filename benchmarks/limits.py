@@ -34,6 +34,8 @@ Both compute the meta-gradient only (no outer Adam step, a fraction of a ms here
 The second-order floor is the unrolled computation; the batched backend's
 default (a Hessian-vector-product chain, see ``algorithms/batched.py``) does
 more work than it by design, to keep memory flat in K.
+``--compile``: a last pass times each first-order batched learner against itself
+with its functional forward ``torch.compile``'d (``"compile"`` in the JSON).
 Memory: bytes held by autograd (saved-tensor hooks, ``benchmarks.measure``) on
 CPU, the CUDA allocator's peak on CUDA, for second-order MAML at K = 5 and 10.
 """
@@ -127,7 +129,7 @@ def floor_fn(kind: str, model, cfg: dict, batch: TaskBatch, batched: bool):
     return lambda: [chunk_step(c, w) for c, w in parts]
 
 
-def contenders(name: str, model, batches, compile_inner: bool) -> dict:
+def contenders(name: str, model, batches) -> dict:
     """name -> closure running one meta-step (or one floor), cycling through ``batches``."""
     _, _, cfg = SETTINGS[name]
     kind = cfg["algorithm"]
@@ -150,15 +152,25 @@ def contenders(name: str, model, batches, compile_inner: bool) -> dict:
         for label, vmap_tasks in (("torch.func loop", False), ("torch.func vmap*", True)):
             cycle = itertools.cycle(batches)
             out[label] = lambda v=vmap_tasks, c=cycle: func_meta_gradient(model, next(c), cfg["inner_lr"], cfg["inner_steps"], v)
-    if compile_inner and kind != "maml":
-        # Double backward through compiled graphs is unsupported, so only first-order learners are compiled.
-        learner = build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10**6, seed=0)
-        learner.net._forward_grouped = torch.compile(learner.net._forward_grouped, dynamic=False)
-        learner.net.forward_one = torch.compile(learner.net.forward_one, dynamic=False)
-        out["batched+compile"] = stepper(learner)
     for label, batched in (("floor (loop)", False), ("floor (batched)", True)):
         floors = itertools.cycle([floor_fn(kind, model, cfg, batch, batched) for batch in batches])
         out[label] = lambda floors=floors: next(floors)()
+    return out
+
+
+def compile_contenders(name: str, model, batches) -> dict:
+    """The batched learner as is, and with its functional forward ``torch.compile``'d (first order only:
+    double backward through compiled graphs is unsupported). Timed in a pass of their own, after the
+    rest, so a slow compilation cannot cost the other numbers."""
+    _, _, cfg = SETTINGS[name]
+    out = {}
+    for label, compiled in (("batched", False), ("batched+compile", True)):
+        learner = build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10**6, seed=0)
+        if compiled:
+            learner.net._forward_grouped = torch.compile(learner.net._forward_grouped, dynamic=False)
+            learner.net.forward_one = torch.compile(learner.net.forward_one, dynamic=False)
+        cycle = itertools.cycle(batches)
+        out[label] = lambda learner=learner, cycle=cycle: learner.meta_step(next(cycle))
     return out
 
 
@@ -216,7 +228,8 @@ def main(argv=None) -> dict:
                     help="timed meta-steps per contender (median reported); default: more for cheaper settings, "
                          f"{DEFAULT_REPEATS}")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
-    ap.add_argument("--compile", action="store_true", help="CUDA: also time first-order batched learners with torch.compile'd forward")
+    ap.add_argument("--compile", action="store_true",
+                    help="last, also time the first-order batched learners with a torch.compile'd forward (slow to compile)")
     ap.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -232,10 +245,15 @@ def main(argv=None) -> dict:
     print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock}: {repeats}")
     report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock,
               "command": command_line(), **git_state(exclude=REPO_ROOT / "results"), "timings": {}, "memory": {}}
+
+    def save(report):  # after every part, so a run stopped by a time limit keeps what it finished
+        if args.json:
+            with atomic_write(args.json, "w") as f:
+                json.dump(report, f, indent=1)
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = [sample(shots, query, i).to(args.device) for i in range(3)]
-        med = time_round_robin(contenders(name, model, batches, args.compile), repeats[name], args.device)
+        med = time_round_robin(contenders(name, model, batches), repeats[name], args.device)
         report["timings"][name] = med
         print(f"\n{name}: {SETTINGS[name][2]}")
         print(f"  {'':<18} {'median':>9}    {'min':>7}     median / floor (loop, batched)    min / min floor (loop, batched)")
@@ -259,8 +277,7 @@ def main(argv=None) -> dict:
             for k in ("reference", "batched"):
                 print(f"  sampling a meta-batch (CPU): {samp['median'] * 1e3:.2f} ms = "
                       f"{100 * samp['median'] / med[k]['median']:.1f}% of a {k} Reptile meta-step (target < 5%)")
-        if "batched+compile" in med:
-            print(f"  torch.compile gain: x{ratio('batched', 'batched+compile', 'median'):.2f} (medians)")
+        save(report)
     kind = "CUDA allocator peak" if args.device == "cuda" else "autograd saved-tensor bytes (peak)"
     print(f"\nsecond-order MAML memory, {kind}:")
     for steps in (5, 10):
@@ -268,9 +285,19 @@ def main(argv=None) -> dict:
         report["memory"][steps] = mem
         row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
         print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        save(report)
+    if args.compile:
+        report["compile"] = {}
+        print("\ntorch.compile of the batched learners' forward (first order only):")
+        for name in [n for n in args.only if not n.startswith("maml")]:
+            shots, query, _ = SETTINGS[name]
+            batches = [sample(shots, query, i).to(args.device) for i in range(3)]
+            med = time_round_robin(compile_contenders(name, model, batches), repeats[name], args.device)
+            report["compile"][name] = med
+            gain = (f"gain x{med['batched']['median'] / med['batched+compile']['median']:.2f} (medians)"
+                    if "batched+compile" in med else "compilation failed")
+            print(f"  {name}: batched {med['batched']['median'] * 1e3:.1f} ms, {gain}")
+            save(report)
     return report
 
 

@@ -65,7 +65,7 @@ def perf_lines(perf_dir: Path, readme: Path) -> list[str]:
 
 def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     """Meta-step time over its forward/backward floor, from ``limits_dir/*.json`` (``python -m benchmarks.limits --json``)."""
-    lines, mem = [], []
+    lines, mem, comp = [], [], []
     for path in sorted(limits_dir.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -81,6 +81,10 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
                 ratio = "—" if sampling else f"×{t['median'] / floor:.2f}"
                 vs_ref = "—" if sampling or name == "reference" else f"×{ref / t['median']:.2f}"
                 lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {device} | {_link(path, readme)} |")
+        for setting, med in (data.get("compile") or {}).items():
+            gain = f"×{med['batched']['median'] / med['batched+compile']['median']:.2f}" if "batched+compile" in med else "failed"
+            compiled = _duration(med["batched+compile"]["median"]) if "batched+compile" in med else "—"
+            comp.append(f"| {setting} | {_duration(med['batched']['median'])} | {compiled} | {gain} | {device} |")
         for steps, m in memory.items():
             ref = m["reference"]
             mem.append(f"| {steps} | " + " | ".join(f"{m[k] / 2**20:.1f} MiB" for k in ("reference", "batched", "batched-unrolled"))
@@ -92,6 +96,9 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     if any("*" in line.split("|")[2] for line in lines):
         out += ["", "\\* torch.func with `vmap` over tasks gives wrong second derivatives through batch norm "
                 "(`tests/test_func_maml.py`); it is timed only to show what vmap would buy."]
+    if comp:
+        out += ["", "torch.compile of the batched learners' forward (first order; `benchmarks.limits --compile`):", "",
+                "| Setting | batched | batched + torch.compile | speed-up | Device |", "|---|---|---|---|---|", *comp]
     if mem:
         out += ["", "Second-order MAML memory (CPU: autograd saved-tensor bytes; CUDA: allocator peak):", "",
                 "| Inner steps | higher (reference) | batched (HVP chain) | batched (unrolled) | batched ÷ higher | Device |",

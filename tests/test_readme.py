@@ -97,6 +97,13 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
     assert "wrong second derivatives" not in text  # the vmap footnote only comes with a vmap row
     assert "floor (loop)" not in text  # the floor is the denominator, not a row
     assert "| 5 | 40.0 MiB | 10.0 MiB | 40.0 MiB | ×0.25 | cpu: Test CPU (1 thread) |" in text
+    assert "torch.compile" not in text  # no compile pass in this report, no compile table
+    report["compile"] = {"reptile": {"batched": {"median": 0.125, "min": 0.12}, "batched+compile": {"median": 0.1, "min": 0.1}},
+                         "fomaml-1": {"batched": {"median": 0.2, "min": 0.2}}}  # its compilation failed
+    (results / "limits" / "cpu.json").write_text(json.dumps(report))
+    text = "\n".join(limits_lines(results / "limits", tmp_path / "README.md"))
+    assert "| reptile | 125 ms | 100 ms | ×1.25 | cpu: Test CPU (1 thread) |" in text
+    assert "| fomaml-1 | 200 ms | — | failed |" in text
     (results / "limits" / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="make perf"):
         limits_lines(results / "limits", tmp_path / "README.md")
