@@ -25,12 +25,11 @@ measured on par at 10 images per task but 1.4x slower at 25 and 2.0x slower at
 75 than the per-task loop (im2col + bmm was slower still);
 ``python -m benchmarks.limits`` times the batched learners in both modes.
 
-The inner optimisers are functional and update all tasks at once with
-``torch._foreach_*`` ops (one kernel per parameter tensor for the whole
-meta-batch): ``sgd_`` and ``AdamState.step_``, which reproduce
-``torch.optim.SGD`` / ``torch.optim.Adam`` (bias corrections included; equal to
-rounding, see ``AdamState``) on each task's slice. ``flat_views`` lets Adam
-update all parameter tensors as one flat tensor.
+The inner optimisers are functional and update all tasks at once (one kernel
+per parameter tensor for the whole meta-batch): ``sgd_`` (``torch._foreach_*``)
+and ``AdamState.step_`` (torch's fused Adam kernel), which reproduce
+``torch.optim.SGD`` / ``torch.optim.Adam`` (bias corrections included) on each
+task's slice. ``flat_views`` lets Adam update all parameter tensors as one flat tensor.
 
     net = TaskNet(model)                         # conv_mode="auto"
     fast = net.stack(list(model.parameters()), T)
@@ -194,22 +193,39 @@ def sgd_(params: list[Tensor], grads: list[Tensor], lr: float) -> None:
 class AdamState:
     """Adam moments of stacked parameters; ``step_`` is torch.optim.Adam's update (eps=1e-8, bias corrections).
 
+    By default the update is torch's fused Adam kernel (``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True)`` runs): one pass over memory, equal to
+    ``torch.optim.Adam`` to the last bit in our tests, and 3x faster than the foreach
+    ops on this CPU (55 vs 158 us per step on the Omniglot net's 113k weights).
+    ``fused=False`` (or a torch without the kernel) uses ``torch._foreach_*`` ops:
     torch computes p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); we compute the
     algebraically equal p -= (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2))
-    into a reused buffer, one pass and one allocation fewer (equal to rounding).
+    into a reused buffer (equal to rounding).
     """
 
-    def __init__(self, params: list[Tensor], lr: float, beta1: float, beta2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, params: list[Tensor], lr: float, beta1: float, beta2: float = 0.999, eps: float = 1e-8,
+                 fused: bool | None = None):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.fused = hasattr(torch, "_fused_adam_") if fused is None else fused
         self.step = 0
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        if self.fused:
+            self.exp_avg = [torch.zeros_like(p) for p in params]  # the kernel wants it even at beta1 = 0
+            self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+            return
         # beta1 = 0 (Reptile's setting) makes the first moment the gradient itself: no buffer kept.
         self.exp_avg = [torch.zeros_like(p) for p in params] if beta1 else None
-        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.denom = [torch.empty_like(p) for p in params]
 
     @torch.no_grad()
     def step_(self, params: list[Tensor], grads: list[Tensor]) -> None:
         self.step += 1
+        if self.fused:
+            torch._foreach_add_(self.steps, 1)  # the kernel reads the step count; the optimiser advances it
+            torch._fused_adam_(params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
+                               beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
+                               amsgrad=False, maximize=False)
+            return
         torch._foreach_mul_(self.exp_avg_sq, self.beta2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - self.beta2)
         if self.exp_avg is not None:
