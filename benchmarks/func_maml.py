@@ -22,16 +22,15 @@ saved-tensor hooks the memory benchmark uses (PITFALLS section 2).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from algorithms import task_loss
 from datasets.tasks import TaskBatch
 
 
 def _loss(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-    out = functional_call(model, params, (x,))
-    return (out - y).pow(2).mean() if y.is_floating_point() else F.cross_entropy(out, y)
+    return task_loss(functional_call(model, params, (x,)), y)
 
 
 def func_meta_gradient(model: nn.Module, batch: TaskBatch, inner_lr: float, inner_steps: int,

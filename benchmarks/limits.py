@@ -129,25 +129,32 @@ def floor_fn(kind: str, model, cfg: dict, batch: TaskBatch, batched: bool):
     return lambda: [chunk_step(c, w) for c, w in parts]
 
 
+def stepper(learner, batches):
+    """A closure running one meta-step of ``learner`` per call, cycling through ``batches``."""
+    cycle = itertools.cycle(batches)
+    return lambda: learner.meta_step(next(cycle))
+
+
+def setting_batches(sample, name: str, device: str) -> list[TaskBatch]:
+    """The three meta-batches every contender of setting ``name`` cycles through."""
+    shots, query, _ = SETTINGS[name]
+    return [sample(shots, query, i).to(device) for i in range(3)]
+
+
 def contenders(name: str, model, batches) -> dict:
     """name -> closure running one meta-step (or one floor), cycling through ``batches``."""
     _, _, cfg = SETTINGS[name]
     kind = cfg["algorithm"]
-
-    def stepper(learner):
-        cycle = itertools.cycle(batches)
-        return lambda: learner.meta_step(next(cycle))
-
     out = {}
     for backend in ("reference", "batched"):
-        out[backend] = stepper(build_learner(MetaConfig(**cfg, backend=backend), copy.deepcopy(model), 10**6, seed=0))
+        out[backend] = stepper(build_learner(MetaConfig(**cfg, backend=backend), copy.deepcopy(model), 10**6, seed=0), batches)
     # The other way of batching convolutions, so the choice of the default is checked on this device.
     other = "loop" if TaskNet(model).mode_for(next(model.parameters()).device) == "grouped" else "grouped"
     cls = BatchedReptile if kind == "reptile" else BatchedMAML
     config = MetaConfig(**cfg, backend="batched", first_order=kind == "fomaml")
-    out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other))
+    out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other), batches)
     if kind == "maml":
-        out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True))
+        out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True), batches)
         # torch.func, the textbook way (benchmarks/func_maml.py): timed only, the vmap one is wrong through batch norm.
         for label, vmap_tasks in (("torch.func loop", False), ("torch.func vmap*", True)):
             cycle = itertools.cycle(batches)
@@ -169,8 +176,7 @@ def compile_contenders(name: str, model, batches) -> dict:
         if compiled:
             learner.net._forward_grouped = torch.compile(learner.net._forward_grouped, dynamic=False)
             learner.net.forward_one = torch.compile(learner.net.forward_one, dynamic=False)
-        cycle = itertools.cycle(batches)
-        out[label] = lambda learner=learner, cycle=cycle: learner.meta_step(next(cycle))
+        out[label] = stepper(learner, batches)
     return out
 
 
@@ -252,7 +258,7 @@ def main(argv=None) -> dict:
                 json.dump(report, f, indent=1)
     for name in args.only:
         shots, query, _ = SETTINGS[name]
-        batches = [sample(shots, query, i).to(args.device) for i in range(3)]
+        batches = setting_batches(sample, name, args.device)
         med = time_round_robin(contenders(name, model, batches), repeats[name], args.device)
         report["timings"][name] = med
         print(f"\n{name}: {SETTINGS[name][2]}")
@@ -290,8 +296,7 @@ def main(argv=None) -> dict:
         report["compile"] = {}
         print("\ntorch.compile of the batched learners' forward (first order only):")
         for name in [n for n in args.only if not n.startswith("maml")]:
-            shots, query, _ = SETTINGS[name]
-            batches = [sample(shots, query, i).to(args.device) for i in range(3)]
+            batches = setting_batches(sample, name, args.device)
             med = time_round_robin(compile_contenders(name, model, batches), repeats[name], args.device)
             report["compile"][name] = med
             gain = (f"gain x{med['batched']['median'] / med['batched+compile']['median']:.2f} (medians)"

@@ -1,6 +1,8 @@
 """Tiny float64 networks and tasks shared by the algorithm tests (small enough for finite differences)."""
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -40,6 +42,15 @@ def linear_regression_batch(tasks: int = 2, n: int = 6, dim: int = 3, seed: int 
         y = torch.randn(tasks, n, 1, generator=g, dtype=torch.float64)
         return x, y
     return TaskBatch(*part(), *part())
+
+
+def resumed_from_checkpoint(learner, fresh):
+    """``fresh`` after loading ``learner.state_dict()`` through torch.save/torch.load (a real serialisation)."""
+    buf = io.BytesIO()
+    torch.save(learner.state_dict(), buf)
+    buf.seek(0)
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    return fresh
 
 
 def flat(tensors) -> torch.Tensor:

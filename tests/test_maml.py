@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from _tiny import flat, linear_regression_batch, one_thread, tiny_bn_net, tiny_classification_batch  # noqa: F401
+from _tiny import flat, linear_regression_batch, one_thread, resumed_from_checkpoint, tiny_bn_net, tiny_classification_batch  # noqa: F401
 from algorithms import MetaConfig, build_learner, task_loss
 from algorithms.maml import MAML
 
@@ -141,11 +140,7 @@ def test_resume_is_bit_identical_and_runs_repeat():
     first = maml(tiny_bn_net(), **kw)
     for b in batches[:2]:
         first.meta_step(b)
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
-    buf.seek(0)
-    resumed = maml(tiny_bn_net(seed=1), **kw)
-    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    resumed = resumed_from_checkpoint(first, maml(tiny_bn_net(seed=1), **kw))
     for b in batches[2:]:
         resumed.meta_step(b)
     assert torch.equal(flat(resumed.model.parameters()), flat(straight.model.parameters()))

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
 
-from _tiny import flat, one_thread, tiny_bn_net, tiny_classification_batch  # noqa: F401 (one_thread: autouse fixture)
+from _tiny import flat, one_thread, resumed_from_checkpoint, tiny_bn_net, tiny_classification_batch  # noqa: F401 (one_thread: autouse fixture)
 from algorithms import MetaConfig, build_learner, task_loss
 from algorithms.minibatch import cycle_minibatches
 
@@ -104,11 +103,7 @@ def test_resume_from_state_dict_is_bit_identical():
     first = reptile(tiny_bn_net(), **kw)
     for b in batches[:2]:
         first.meta_step(b)
-    buf = io.BytesIO()
-    torch.save(first.state_dict(), buf)
-    buf.seek(0)
-    resumed = reptile(tiny_bn_net(seed=1), **kw)  # different init: everything must come from the checkpoint
-    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    resumed = resumed_from_checkpoint(first, reptile(tiny_bn_net(seed=1), **kw))  # different init: everything must come from the checkpoint
     for b in batches[2:]:
         resumed.meta_step(b)
     assert resumed.iteration == 4
