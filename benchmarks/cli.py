@@ -7,7 +7,9 @@
 
 ``run`` starts one child process per cell (``python -m benchmarks.runner``) so the
 CPU peak-RSS column measures that cell alone. Cells whose row is already complete
-(same config hash) are skipped; an interrupted cell resumes from its checkpoint.
+(same config hash) at this git commit are skipped; an interrupted cell resumes from its
+checkpoint. Rows of another commit (the committed results, in a fresh clone) are run
+again, and the new row replaces the old one.
 Exit status: 0 done, 1 some cell failed, 2 bad input, 3 data missing, 130 interrupted.
 """
 from __future__ import annotations
@@ -91,10 +93,12 @@ def run(args: argparse.Namespace) -> int:
     suite = suite_name(args.suite)
     folder = out / suite
     check_writable(folder)
-    done = completed_hashes(folder / ROWS_FILE)  # also refuses a rows file of another schema, before any work
+    git_state = provenance.git_state(exclude=out)
+    # Also refuses a rows file of another schema, before any work.
+    done = completed_hashes(folder / ROWS_FILE, git_state["git_commit"])
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
-    git = json.dumps(provenance.git_state(exclude=out))
+    git = json.dumps(git_state)
     failed, missing, not_started, skipped = [], [], [], 0
     bar = tqdm(cells, desc=f"suite {suite}", unit="cell", position=0, disable=quiet())
     for cell in bar:
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             failed.append(f"{cell.cell} (exit {rc}{', diverged' if rc == EXIT_DIVERGED else ''})")
     bar.close()
     ran = len(cells) - skipped - len(failed) - len(missing) - len(not_started)
-    print(f"suite {suite}: {ran} cell(s) run, {skipped} already complete; rows in {folder / ROWS_FILE}")
+    print(f"suite {suite}: {ran} cell(s) run, {skipped} already complete at this commit; rows in {folder / ROWS_FILE}")
     if missing:
         print(f"skipped for missing data (--skip-missing): {', '.join(missing)}")
     if not_started:

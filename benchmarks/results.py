@@ -8,7 +8,8 @@ extra columns) instead of silently mixing rows.
 
 Tables, plots and tracking read rows with ``read_rows(path)``; the runner writes
 them with ``write_row`` (which replaces an earlier row of the same
-``config_hash``: that only happens when a run cut short by a budget is resumed).
+``config_hash``: when a run cut short by a budget is resumed, or when a cell
+finished at another commit is run again, see ``completed_hashes``).
 
 Column meanings that are not obvious from the name (see COLUMNS for the order):
 - ``first_order``: the outer update uses no second derivatives (Reptile, first-order MAML).
@@ -107,10 +108,18 @@ def read_rows_or_empty(path: str | os.PathLike) -> pd.DataFrame:
     return read_rows(path)
 
 
-def completed_hashes(path: str | os.PathLike) -> set[str]:
-    """Config hashes of cells whose row says ``complete``: the runner skips them."""
+def completed_hashes(path: str | os.PathLike, git_commit: str) -> set[str]:
+    """Config hashes of the cells this code version has finished: rows that say ``complete`` and were
+    written at ``git_commit``. The runner skips those cells and runs every other one.
+
+    Rows of another commit (the committed reference runs in a fresh clone, or older code) do not
+    count: skipping them would pass another version's numbers off as this one's, and would make
+    ``make benchmark`` in a fresh clone a no-op. Such a cell is run again and its new row replaces
+    the old one (same ``config_hash``, see ``write_row``).
+    """
     df = read_rows_or_empty(path)
-    return set(df.loc[df["complete"] == True, "config_hash"].astype(str))  # noqa: E712 (object column)
+    mine = (df["complete"] == True) & (df["git_commit"].fillna("").astype(str) == str(git_commit))  # noqa: E712
+    return set(df.loc[mine, "config_hash"].astype(str))
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:

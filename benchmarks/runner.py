@@ -8,7 +8,7 @@ fresh process, so that the CPU peak-RSS column belongs to that cell alone:
 Resuming: a checkpoint ``<out>/<suite>/checkpoints/<cell>-<seed>.pt`` is written
 atomically every ``checkpoint_every`` iterations, at the end of training and when a
 ``--deadline`` cuts training short. It holds the learner's state, the curve and the
-step times so far. Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed,
+step times so far, and the git commit: a checkpoint of other code is not resumed. Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed,
 indices=range(it * meta_batch, (it + 1) * meta_batch))``, a pure function of
 (seed, iteration), so a resumed run computes exactly what an uninterrupted one does.
 
@@ -66,13 +66,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
-def load_checkpoint(path: Path, cell: CellConfig) -> dict[str, Any] | None:
-    """The saved state of this exact cell config, or None (absent, or written for another config)."""
+def load_checkpoint(path: Path, cell: CellConfig, git_commit: str) -> dict[str, Any] | None:
+    """The saved state of this exact cell config written by this code version (``git_commit``), or None.
+
+    A checkpoint of another commit is not resumed: the row would carry this commit while
+    (part of) its training ran on other code.
+    """
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("config_hash") != cell.config_hash():
         print(f"note: {path} was written for another configuration of {cell.cell}; starting it afresh", file=sys.stderr)
+        return None
+    if state.get("git_commit") != git_commit:
+        print(f"note: {path} was written at git commit {str(state.get('git_commit'))[:12] or 'unknown'}, not this "
+              f"checkout's {git_commit[:12] or 'unknown'}; starting {cell.cell} afresh", file=sys.stderr)
         return None
     return state
 
@@ -121,11 +129,12 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
              command: str = "", git: dict[str, Any] | None = None) -> dict[str, Any]:
     """Meta-train, evaluate and measure ``cell``; write its curve and row under ``out``; return the row.
 
-    ``git``: ``provenance.git_state`` read once by the caller when the whole run started.
+    ``git``: ``provenance.git_state`` read once by the caller when the whole run started (read now when None).
     """
     cell.validate()
     started = time.perf_counter()
     out = Path(out)
+    git = git if git is not None else provenance.git_state(exclude=out)
     device = cell.device
     measure.reset_peak(device)
     train_pool = load_pool(cell.dataset, cell.split, cell.train_part)
@@ -135,7 +144,7 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
     model = build_model(cell.dataset, cell.ways).to(device)
     learner = build_learner(cell.learner, model, total_iterations=cell.meta_iterations, seed=cell.seed)
     ckpt = checkpoint_path(out, cell)
-    state = load_checkpoint(ckpt, cell)
+    state = load_checkpoint(ckpt, cell, git["git_commit"])
     curve: list[dict[str, Any]] = []
     times = measure.StepTimes()
     elapsed_before = 0.0
@@ -145,7 +154,8 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
         curve, times.seconds, elapsed_before = list(state["curve"]), list(state["step_times"]), float(state["elapsed_s"])
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt, {"config_hash": cell.config_hash(), "learner": learner.state_dict(),
+        save_checkpoint(ckpt, {"config_hash": cell.config_hash(), "git_commit": git["git_commit"],
+                               "learner": learner.state_dict(),
                                "iteration": learner.iteration, "curve": curve, "step_times": times.seconds,
                                "elapsed_s": elapsed_before + time.perf_counter() - started})
 

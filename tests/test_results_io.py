@@ -17,7 +17,7 @@ def make_row(**over) -> dict:
                dataset="sine", split="maml", ways=1, shots=10, transductive=False, first_order=True, inner_steps=5,
                eval_inner_steps=10, seed=0, meta_iterations=10, iterations_run=10, complete=True, meta_batch=2,
                final_train_loss=0.5, metric="mse", metric_mean=1.25, metric_ci95=0.1, eval_tasks=20,
-               peak_memory_bytes=123, memory_kind="cpu_rss", autograd_saved_bytes=None, git_dirty=False,
+               peak_memory_bytes=123, memory_kind="cpu_rss", autograd_saved_bytes=None, git_commit="c0ffee", git_dirty=False,
                config_json='{"a": 1}', config_hash="0123456789ab", command="python -m benchmarks.cli run")
     row.update(over)
     return row
@@ -45,13 +45,25 @@ def test_same_config_hash_replaces_other_hashes_append(tmp_path):
     assert len(df) == 2
     mine = df[df.config_hash == "0123456789ab"].iloc[0]
     assert mine.iterations_run == 10 and mine.complete == True  # noqa: E712
-    assert results.completed_hashes(path) == {"0123456789ab", "ffffffffffff"}
+    assert results.completed_hashes(path, "c0ffee") == {"0123456789ab", "ffffffffffff"}
 
 
 def test_incomplete_rows_are_not_completed(tmp_path):
     path = tmp_path / "rows.csv"
     write_row(path, make_row(complete=False))
-    assert results.completed_hashes(path) == set()
+    assert results.completed_hashes(path, "c0ffee") == set()
+
+
+def test_rows_of_another_commit_are_not_completed(tmp_path):
+    """A fresh clone's committed rows come from an earlier commit: its `make benchmark` must run them again."""
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row(git_commit="0ld"))
+    write_row(path, make_row(config_hash="ffffffffffff", cell="other"))
+    assert results.completed_hashes(path, "c0ffee") == {"ffffffffffff"}
+    assert results.completed_hashes(path, "0ld") == {"0123456789ab"}
+    write_row(path, make_row())  # the rerun at this commit replaces the old row of the same config
+    df = read_rows(path)
+    assert len(df) == 2 and set(df.git_commit) == {"c0ffee"}
 
 
 def test_refuses_other_schema_version(tmp_path):

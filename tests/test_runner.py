@@ -12,7 +12,7 @@ import torch
 
 from algorithms import MetaConfig, build_learner, build_model
 from algorithms.evaluation import EvalConfig
-from benchmarks import measure, runner
+from benchmarks import measure, provenance, runner
 from benchmarks.config import CellConfig
 from benchmarks.results import COLUMNS, read_curves, read_rows
 
@@ -95,8 +95,21 @@ def test_checkpoint_of_another_config_is_not_reused(tmp_path):
     cell = tiny_cell()
     run(cell, tmp_path)
     other = replace(cell, learner=replace(cell.learner, meta_lr=0.02))
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, other), other) is None
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell)["iteration"] == 6
+    commit = provenance.git_commit()
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, other), other, commit) is None
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, commit)["iteration"] == 6
+
+
+def test_checkpoint_of_another_commit_is_not_resumed(tmp_path, capsys):
+    """Else a finished cell's checkpoint, rerun after a code change, would skip training and report old work as new."""
+    cell = tiny_cell()
+    run(cell, tmp_path, git={"git_commit": "0ld", "git_dirty": False})
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, "0ld")["iteration"] == 6
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, "new") is None
+    assert "written at git commit 0ld, not this checkout's new" in capsys.readouterr().err
+    row = run(cell, tmp_path, git={"git_commit": "new", "git_dirty": False})
+    assert "resuming" not in capsys.readouterr().err and row["git_commit"] == "new"
+    assert len(read_rows(tmp_path / "t" / "rows.csv")) == 1  # the new row replaced the old one
 
 
 def test_cost_only_cell_has_empty_metric(tmp_path):
