@@ -105,6 +105,23 @@ def test_seed_aggregation_and_incomplete_flag(rendered):
     assert cell.startswith(f"95.00 ± {ci:.2f} (n=600, 400–1,000 it, incomplete (of 1,000 planned), 2 seeds)")
 
 
+def test_a_rerun_under_another_config_supersedes_the_old_row(tmp_path):
+    """Same cell, device and seed at two dates (e.g. a default changed between commits): the newest is
+    shown, not an average of the two as if they were seeds; another device's row stays beside it."""
+    res = tmp_path / "results"
+    write_suite(res, "default", [
+        fake_row(cell="omni-rep-5w1s", metric_mean=90.0, date="2026-11-27T09:00:00+00:00", inner_steps=4),
+        fake_row(cell="omni-rep-5w1s", metric_mean=95.40, metric_ci95=0.10, date="2026-11-27T10:00:00+00:00"),
+        fake_row(cell="omni-rep-5w1s", metric_mean=80.0, date="2026-11-26T10:00:00+00:00", inner_steps=3),
+        fake_row(cell="omni-rep-5w1s", metric_mean=70.0, device="cuda: TestGPU", date="2026-11-20T10:00:00+00:00"),
+    ])
+    rows, _ = tables.load_rows(res)
+    assert sorted(zip(rows.device, rows.metric_mean)) == [("cpu: TestCPU", 95.40), ("cuda: TestGPU", 70.0)]
+    tables.main(res, tmp_path / "t", REPO / "results" / "reference" / "published.csv")
+    md = (tmp_path / "t" / "default_suite.md").read_text()
+    assert "95.40 ± 0.10" in md and "70.00" in md and "90.00" not in md and "80.00" not in md
+
+
 def test_latex_escapes_and_provenance(rendered):
     tex = rendered["paper_tables.tex"]
     assert r"Odd\_Name \& 100\%" in tex
