@@ -8,9 +8,10 @@ fresh process, so that the CPU peak-RSS column belongs to that cell alone:
 Resuming: a checkpoint ``<out>/<suite>/checkpoints/<cell>-<seed>.pt`` is written
 atomically every ``checkpoint_every`` iterations, at the end of training and when a
 ``--deadline`` cuts training short. It holds the learner's state, the curve and the
-step times so far, and the git commit: a checkpoint of other code is not resumed. Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed,
-indices=range(it * meta_batch, (it + 1) * meta_batch))``, a pure function of
-(seed, iteration), so a resumed run computes exactly what an uninterrupted one does.
+step times so far, and the git commit: a checkpoint of other code is not resumed.
+Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed, indices=range(it *
+meta_batch, (it + 1) * meta_batch))``, a pure function of (seed, iteration), so a
+resumed run computes exactly what an uninterrupted one does.
 
 Measurement (see ``benchmarks/measure.py``): step times around ``meta_step`` only; one
 extra outer update on a copy of the learner, on the batch after the last planned one,
