@@ -118,7 +118,8 @@ def completed_hashes(path: str | os.PathLike, git_commit: str) -> set[str]:
     the old one (same ``config_hash``, see ``write_row``).
     """
     df = read_rows_or_empty(path)
-    mine = (df["complete"] == True) & (df["git_commit"].fillna("").astype(str) == str(git_commit))  # noqa: E712
+    complete = df["complete"] == True  # noqa: E712 (object column)
+    mine = complete & (df["git_commit"].fillna("").astype(str) == str(git_commit))
     return set(df.loc[mine, "config_hash"].astype(str))
 
 

@@ -52,7 +52,8 @@ NOTE = ("Our cells: mean ± 95% CI (n = evaluation tasks per seed, meta-iteratio
         "of one cell are aggregated as the mean of the per-seed means, ± 1.96·sqrt(s²/S + mean(se_i²)), where "
         "s is the standard deviation of the S seed means and se_i = CI_i/1.96 is seed i's task-sampling "
         "standard error (not divided by S: seeds may share evaluation tasks); with one seed it is that run's "
-        "own interval; of several rows of one cell, device and seed, the newest is used. 'overlap': |published − ours| ≤ CI_published + CI_ours; 'disjoint' otherwise. "
+        "own interval; of several rows of one cell, device and seed, the newest is used. "
+        "'overlap': |published − ours| ≤ CI_published + CI_ours; 'disjoint' otherwise. "
         "'incomplete': the run was cut short by a budget. 'not run': no row for that cell. Only rows of the "
         "paper's splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill Tables 1 and 2. Published: Nichol et "
         "al. 2018 (arXiv 1803.02999) Tables 1-2; their MAML rows are Finn et al. 2017's.")
