@@ -1,6 +1,6 @@
 """Limit benchmark: each meta-step's time against the floor it cannot beat, and second-order MAML's memory.
 
-    python -m benchmarks.limits [--device cpu|cuda] [--repeats N] [--json OUT] [--compile]
+    python -m benchmarks.limits [--device cpu|cuda] [--repeats N] [--json OUT] [--compile] [--threads N] [--no-memory]
 
 Settings (Omniglot 5-way, meta-batch 5, the paper's values): Reptile 10 shots,
 5 inner Adam steps (beta1 = 0) on minibatches of 10; FOMAML / MAML 5-shot
@@ -22,8 +22,9 @@ through the functional net, so there the two floors differ only by noise).
 Every contender runs once per repeat, in turn, so the ratios are measured side
 by side (PITFALLS section 4). On CPU the clock is this thread's CPU time
 (``time.thread_time``, one torch thread), which leaves out the time other
-processes hold the shared cores; wall time on CUDA. Medians and minima are
-both printed.
+processes hold the shared cores; wall time on CUDA and with ``--threads N``
+above 1 (to see the ratios at a CPU's full thread count). Medians and minima
+are both printed.
 "batched (grouped)" / "batched (loop)" is the batched backend with the other
 way of batching convolutions than this device's default (``functional.py``).
 "torch.func loop" / "torch.func vmap*" (second order only) are the meta-gradient
@@ -180,8 +181,8 @@ def compile_contenders(name: str, model, batches) -> dict:
     return out
 
 
-def time_round_robin(fns: dict, repeats: int, device: str) -> dict[str, dict[str, float]]:
-    """{contender: {"median": s, "min": s}}; every repeat runs each contender once, in turn."""
+def time_round_robin(fns: dict, repeats: int, device: str, clock=time.thread_time) -> dict[str, dict[str, float]]:
+    """{contender: {"median": s, "min": s}}; every repeat runs each contender once, in turn, timed by ``clock``."""
     for k, f in list(fns.items()):  # warm-up (and compilation) outside the timings
         try:
             f()
@@ -190,9 +191,6 @@ def time_round_robin(fns: dict, repeats: int, device: str) -> dict[str, dict[str
                 raise
             print(f"  {k}: failed, left out ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             del fns[k]
-    # On CPU (one intra-op thread, so torch computes in this thread) the thread's CPU time leaves out the
-    # time other processes hold the shared cores; on CUDA only wall time means anything.
-    clock = time.perf_counter if device == "cuda" else time.thread_time
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
@@ -237,19 +235,29 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true",
                     help="last, also time the first-order batched learners with a torch.compile'd forward (slow to compile)")
     ap.add_argument("--only", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU only: torch intra-op threads (default 1); above 1 the clock is wall time")
+    ap.add_argument("--no-memory", action="store_true", help="skip the second-order memory part (it does not depend on threads)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    if args.threads < 1:
+        raise SystemExit(f"--threads {args.threads}: give 1 or more (torch intra-op threads on CPU)")
     if args.device == "cpu":
-        torch.set_num_threads(1)  # PITFALLS section 4: shared noisy cores
+        torch.set_num_threads(args.threads)  # 1 by default: PITFALLS section 4, shared noisy cores
+    # With one intra-op thread torch computes in this thread, and its CPU time leaves out the time other
+    # processes hold the shared cores. With more, it would miss the other threads' work; CUDA runs
+    # asynchronously. Both need wall time.
+    wall = args.device == "cuda" or args.threads > 1
+    tick = time.perf_counter if wall else time.thread_time
     torch.manual_seed(0)
     model = OmniglotCNN(WAYS).to(args.device)
     sample, source = task_source()
     dev = device_name(args.device)  # the same name as the result rows' device column
-    clock = "wall time" if args.device == "cuda" else "thread CPU time"
+    clock_name = "wall time" if wall else "thread CPU time"
     repeats = {name: args.repeats or DEFAULT_REPEATS[name] for name in args.only}
-    print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock}: {repeats}")
-    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock,
+    print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock_name}: {repeats}")
+    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock_name,
               "command": command_line(), **git_state(exclude=REPO_ROOT / "results"), "timings": {}, "memory": {}}
 
     def save(report):  # after every part, so a run stopped by a time limit keeps what it finished
@@ -259,7 +267,7 @@ def main(argv=None) -> dict:
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = setting_batches(sample, name, args.device)
-        med = time_round_robin(contenders(name, model, batches), repeats[name], args.device)
+        med = time_round_robin(contenders(name, model, batches), repeats[name], args.device, tick)
         report["timings"][name] = med
         print(f"\n{name}: {SETTINGS[name][2]}")
         print(f"  {'':<18} {'median':>9}    {'min':>7}     median / floor (loop, batched)    min / min floor (loop, batched)")
@@ -278,26 +286,27 @@ def main(argv=None) -> dict:
             # Issue 2's budget: drawing a meta-batch must cost under 5% of a Reptile meta-step.
             # Fresh task indices per call, as training draws them; the same clock as the steps.
             draws = iter(range(10**9))
-            samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, repeats[name], "cpu")["sampling"]
+            samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, repeats[name], "cpu", tick)["sampling"]
             report["timings"][name]["sampling (CPU)"] = samp
             for k in ("reference", "batched"):
                 print(f"  sampling a meta-batch (CPU): {samp['median'] * 1e3:.2f} ms = "
                       f"{100 * samp['median'] / med[k]['median']:.1f}% of a {k} Reptile meta-step (target < 5%)")
         save(report)
-    kind = "CUDA allocator peak" if args.device == "cuda" else "autograd saved-tensor bytes (peak)"
-    print(f"\nsecond-order MAML memory, {kind}:")
-    for steps in (5, 10):
-        mem = memory(model, sample, args.device, steps)
-        report["memory"][steps] = mem
-        row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
-        print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
-        save(report)
+    if not args.no_memory:
+        kind = "CUDA allocator peak" if args.device == "cuda" else "autograd saved-tensor bytes (peak)"
+        print(f"\nsecond-order MAML memory, {kind}:")
+        for steps in (5, 10):
+            mem = memory(model, sample, args.device, steps)
+            report["memory"][steps] = mem
+            row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
+            print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
+            save(report)
     if args.compile:
         report["compile"] = {}
         print("\ntorch.compile of the batched learners' forward (first order only):")
         for name in [n for n in args.only if not n.startswith("maml")]:
             batches = setting_batches(sample, name, args.device)
-            med = time_round_robin(compile_contenders(name, model, batches), repeats[name], args.device)
+            med = time_round_robin(compile_contenders(name, model, batches), repeats[name], args.device, tick)
             report["compile"][name] = med
             gain = (f"gain x{med['batched']['median'] / med['batched+compile']['median']:.2f} (medians)"
                     if "batched+compile" in med else "compilation failed")

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from benchmarks import limits
 from benchmarks.readme import limits_lines
 
 
-def test_maml_limits_json_and_readme_table(tmp_path):
-    threads = torch.get_num_threads()
+@pytest.mark.parametrize("threads, clock, skip_memory", [(1, "thread CPU time", []), (2, "wall time", ["--no-memory"])])
+def test_maml_limits_json_and_readme_table(tmp_path, threads, clock, skip_memory):
+    before = torch.get_num_threads()
     try:
-        limits.main(["--only", "maml-1", "--repeats", "1", "--json", str(tmp_path / "limits" / "cpu.json")])
+        limits.main(["--only", "maml-1", "--repeats", "1", "--threads", str(threads), *skip_memory,
+                     "--json", str(tmp_path / "limits" / "cpu.json")])
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     report = json.loads((tmp_path / "limits" / "cpu.json").read_text())
     timings = report["timings"]["maml-1"]
     expected = {"reference", "batched", "batched (grouped)", "batched-unrolled", "torch.func loop", "torch.func vmap*",
@@ -28,9 +31,18 @@ def test_maml_limits_json_and_readme_table(tmp_path):
     assert set(timings) == expected
     assert all(t["median"] > 0 and t["min"] <= t["median"] for t in timings.values())
     assert report["repeats"] == {"maml-1": 1} and report["device"].startswith("cpu")
-    # Autograd memory: the HVP chain stays flat in K, higher's grows.
-    mem = report["memory"]
-    assert mem["10"]["batched"] == mem["5"]["batched"] < mem["5"]["reference"] < mem["10"]["reference"]
+    # Thread CPU time would miss the work of the other intra-op threads.
+    assert report["clock"] == clock and report["device"].endswith(f"({threads} thread{'s' if threads > 1 else ''})")
     text = "\n".join(limits_lines(tmp_path / "limits", tmp_path / "README.md"))
+    mem = report["memory"]
+    if skip_memory:
+        assert mem == {} and "Second-order MAML memory" not in text
+    else:  # autograd memory: the HVP chain stays flat in K, higher's grows
+        assert mem["10"]["batched"] == mem["5"]["batched"] < mem["5"]["reference"] < mem["10"]["reference"]
     assert "| maml-1 | torch.func vmap* |" in text and "wrong second derivatives" in text
     assert not list((tmp_path / "limits").glob(".*"))  # the atomic writer left no temporary file
+
+
+def test_threads_below_one_is_refused(capsys):
+    with pytest.raises(SystemExit, match="--threads 0: give 1 or more"):
+        limits.main(["--threads", "0"])
