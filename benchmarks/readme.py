@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,10 +35,16 @@ def _link(target: Path, readme: Path) -> str:
 
 
 def _duration(seconds: float) -> str:
+    seconds = float(f"{seconds:.3g}")  # round first, so 0.99999 s reads 1.00 s, not 1000 ms
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
         if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
+            return f"{_three_digits(seconds / scale)} {unit}"
+    return f"{_three_digits(seconds / 1e-9)} ns"
+
+
+def _three_digits(x: float) -> str:
+    """Three significant digits, trailing zeros kept (1.00, 12.3, 152), unlike ``:.3g``."""
+    return f"{x:.{max(0, 2 - math.floor(math.log10(x)))}f}" if x > 0 else "0"
 
 
 def perf_lines(perf_dir: Path, readme: Path) -> list[str]:
@@ -70,6 +77,8 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
         try:
             data = json.loads(path.read_text())
             device, timings, memory = data["device"], data["timings"], data["memory"]
+            # Older reports carry no clock; the benchmark then used these two.
+            clock = data.get("clock") or ("wall time" if device.startswith("cuda") else "thread CPU time")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{path} is not `benchmarks.limits --json` output ({e}); regenerate it with `make perf`") from e
         for setting, med in timings.items():
@@ -80,7 +89,7 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
                 sampling = name.startswith("sampling")
                 ratio = "—" if sampling else f"×{t['median'] / floor:.2f}"
                 vs_ref = "—" if sampling or name == "reference" else f"×{ref / t['median']:.2f}"
-                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {device} | {_link(path, readme)} |")
+                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {clock} | {device} | {_link(path, readme)} |")
         for setting, med in (data.get("compile") or {}).items():
             gain = f"×{med['batched']['median'] / med['batched+compile']['median']:.2f}" if "batched+compile" in med else "failed"
             compiled = _duration(med["batched+compile"]["median"]) if "batched+compile" in med else "—"
@@ -92,7 +101,7 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     if not lines:
         return []
     out = ["| Setting | Implementation | Median per meta-step | ÷ floor (bare forward/backward, task by task) "
-           "| speed-up over reference | Device | File |", "|---|---|---|---|---|---|---|", *lines]
+           "| speed-up over reference | Clock | Device | File |", "|---|---|---|---|---|---|---|---|", *lines]
     if any("*" in line.split("|")[2] for line in lines):
         out += ["", "\\* torch.func with `vmap` over tasks gives wrong second derivatives through batch norm "
                 "(`tests/test_func_maml.py`); it is timed only to show what vmap would buy."]

@@ -57,7 +57,7 @@ def test_section_replaced_idempotently(project):
     assert "Growth per inner step: slope" in section and "## Sine regression" not in section
     assert "[results/plots/scaling-cpu-x.png](results/plots/scaling-cpu-x.png)" in section
     assert "| test_meta_step[maml] | 12.3 ms | 400 µs | 7 | cpu: Test CPU 3000 | bbbbbbbbbbbb |" in section
-    assert "| test_meta_step_gpu | 25 µs | 1 µs | 100 | cuda: Test GPU |" in section
+    assert "| test_meta_step_gpu | 25.0 µs | 1.00 µs | 100 | cuda: Test GPU |" in section
     assert readme.update(path, res) is True and path.read_text() == text  # second run: nothing to do
 
 
@@ -92,7 +92,7 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
-    assert "| reptile | reference | 150 ms | ×1.50 | — | cpu: Test CPU (1 thread) |" in text
+    assert "| reptile | reference | 150 ms | ×1.50 | — | thread CPU time | cpu: Test CPU (1 thread) |" in text
     assert "| reptile | batched | 125 ms | ×1.25 | ×1.20 |" in text  # 150 / 125 faster than the reference
     assert "wrong second derivatives" not in text  # the vmap footnote only comes with a vmap row
     assert "floor (loop)" not in text  # the floor is the denominator, not a row
@@ -107,3 +107,9 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
     (results / "limits" / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="make perf"):
         limits_lines(results / "limits", tmp_path / "README.md")
+
+
+def test_durations_keep_three_significant_digits():
+    from benchmarks.readme import _duration
+
+    assert [_duration(s) for s in (1.0023, 0.99999, 0.1523, 4e-4, 2e-9)] == ["1.00 s", "1.00 s", "152 ms", "400 µs", "2.00 ns"]
