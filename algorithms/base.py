@@ -75,8 +75,8 @@ class MetaConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
-        if self.meta_lr_final < 0:
-            raise ValueError(f"meta_lr_final must be >= 0, got {self.meta_lr_final}")
+        if not (self.meta_lr_final >= 0 and math.isfinite(self.meta_lr_final)):
+            raise ValueError(f"meta_lr_final must be a finite number >= 0, got {self.meta_lr_final}")
         if self.inner_optimizer not in ("adam", "sgd"):
             raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
         if not 0 <= self.adam_beta1 < 1:

@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from datasets.tasks import INDEX_LIMIT, SEED_LIMIT, stream_key
+
 from .base import check_output_size, task_loss
 from .minibatch import cycle_minibatches
 from .reptile import make_inner_optimizer
@@ -60,8 +62,10 @@ class EvalConfig:
 
     def validate(self) -> "EvalConfig":
         """Raise ValueError naming the bad field; returns self for chaining."""
-        if self.num_tasks < 1:
-            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+        if not 1 <= self.num_tasks <= INDEX_LIMIT:
+            raise ValueError(f"num_tasks must be in [1, 2**24], got {self.num_tasks}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be an integer in [0, 256), got {self.seed}")
         if self.query < 1:
             raise ValueError(f"query must be >= 1 (examples per class to score), got {self.query}")
         if self.inner_steps < 0:
@@ -104,7 +108,8 @@ def finetune_generator(seed: int, index: int) -> torch.Generator:
     Mixed differently from the task sampler's stream (datasets.tasks.task_generator)
     so the minibatch order is not a copy of the class draw.
     """
-    mixed = (int(seed) * 1_000_003 + int(index)) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407
+    # Any mixing works here: a fine-tuning order only needs to differ from its task's class draw.
+    mixed = stream_key(seed, index) * 6_364_136_223_846_793_005 + 1_442_695_040_888_963_407
     return torch.Generator().manual_seed(mixed % (2**63 - 1))
 
 

@@ -43,6 +43,13 @@ class MAML(MetaLearner):
         super().__init__(model, config, total_iterations, seed)
         self.outer_optimizer = torch.optim.Adam(self.model.parameters(), lr=config.meta_lr)
 
+    def _like_model(self, batch: TaskBatch) -> TaskBatch:
+        # An empty query set would make the outer loss NaN and be reported as divergence.
+        if batch.query_x.shape[1] == 0:
+            raise ValueError(f"{self.config.algorithm}'s outer loss is a query loss: sample tasks with query >= 1 "
+                             "(got a batch with no query examples)")
+        return super()._like_model(batch)
+
     def adapted_query_loss(self, fmodel, x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor, check: bool = False) -> tuple[Tensor, Tensor]:
         """Query loss after the inner SGD loop, differentiable w.r.t. ``self.model``'s parameters.
 

@@ -3,9 +3,10 @@
 This is the sampling of the official supervised-reptile code (``_mini_batches``
 with ``replacement=False``): the examples are shuffled, consumed in order, and
 reshuffled when exhausted. A batch that is not full when a pass ends is
-completed from the next pass, so every example is used equally often and a
-batch never repeats an example unless ``batch_size`` exceeds the number of
-examples. Reptile's meta-training and the shared evaluator both use it.
+completed from the next pass, so every example is used equally often. Such a
+straddling batch can hold one example twice (the end of one shuffle and the
+start of the next), as in the official code; a batch inside one pass never
+does. Reptile's meta-training and the shared evaluator both use it.
 
     for idx in cycle_minibatches(n=50, batch_size=10, num_batches=5, generator=g):
         loss = task_loss(model(x[idx]), y[idx])

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from datasets.tasks import SEED_LIMIT
+
 from . import provenance
 from .results import ROWS_FILE, completed_hashes
 from .runner import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_MISSING_DATA, quiet
@@ -44,8 +46,8 @@ def parse_seeds(text: str | None) -> list[int] | None:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers such as 0,1,2; got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise UsageError(f"--seeds needs at least one integer >= 0; got {text!r}")
+    if not seeds or any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise UsageError(f"--seeds needs at least one integer, each in [0, {SEED_LIMIT}); got {text!r}")
     return seeds
 
 

@@ -57,11 +57,32 @@ class TaskBatch:
         return not self.support_y.is_floating_point()
 
 
+SEED_LIMIT = 2**8
+"""Seeds are integers in [0, SEED_LIMIT)."""
+INDEX_LIMIT = 2**24
+"""Task indices are integers in [0, INDEX_LIMIT): 16.7M tasks, 8x the most a paper setting draws (MAML's 60,000 x 32)."""
+
+
+def stream_key(seed: int, index: int) -> int:
+    """``seed * 2**24 + index``: a 32-bit integer, distinct for distinct (seed, index) pairs.
+
+    torch's CPU generator keeps only the low 32 bits of its seed, so there are
+    2**32 streams in all; packing seed and index into separate bits of them
+    means no two pairs share a stream, however many tasks a run draws (a
+    multiplier such as ``seed * 1_000_003 + index`` made seed s's task
+    1,000,003 seed s + 1's task 0). Seed 0 gives the index itself.
+    """
+    seed, index = int(seed), int(index)
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed {seed} is out of range: seeds are integers in [0, 256)")
+    if not 0 <= index < INDEX_LIMIT:
+        raise ValueError(f"task index {index} is out of range: task indices are integers in [0, 2**24)")
+    return seed * INDEX_LIMIT + index
+
+
 def task_generator(seed: int, index: int) -> torch.Generator:
-    """A generator whose stream depends only on (seed, index)."""
-    # A large odd multiplier keeps (seed, index) pairs from colliding for any
-    # realistic seed and index range.
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) % (2**63 - 1))
+    """A generator whose stream depends only on (seed, index), and differs for every other pair."""
+    return torch.Generator().manual_seed(stream_key(seed, index))
 
 
 def stack_tasks(tasks: Iterable[TaskBatch]) -> TaskBatch:

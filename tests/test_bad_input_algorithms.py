@@ -34,6 +34,9 @@ def test_unknown_algorithm_lists_the_valid_names():
         ("inner_lr", -1e-3, "inner_lr must be a positive"),
         ("meta_lr", 0.0, "meta_lr must be a positive"),
         ("meta_lr", float("nan"), "meta_lr must be a positive"),
+        ("meta_lr_final", float("nan"), "meta_lr_final must be a finite number >= 0"),
+        ("meta_lr_final", float("inf"), "meta_lr_final must be a finite number >= 0"),
+        ("meta_lr_final", -0.1, "meta_lr_final must be a finite number >= 0"),
     ],
 )
 def test_invalid_settings_are_refused(algorithm, field, value, message):
@@ -46,6 +49,14 @@ def test_model_output_size_must_equal_ways(algorithm):
     learner = build(algorithm, tiny_bn_net(ways=4), inner_batch=2)  # the tasks are 3-way
     with pytest.raises(ValueError, match="outputs 4 classes but the task has 3 ways"):
         learner.meta_step(tiny_classification_batch(ways=3))
+
+
+@pytest.mark.parametrize("backend", ["reference", "batched"])
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml"])
+def test_maml_without_query_examples_is_refused_not_called_divergence(algorithm, backend):
+    learner = build(algorithm, backend=backend)
+    with pytest.raises(ValueError, match="outer loss is a query loss: sample tasks with query >= 1"):
+        learner.meta_step(tiny_classification_batch(query=0))
 
 
 class NaNNet(nn.Module):
@@ -84,7 +95,8 @@ def test_huge_learning_rate_diverges_at_a_named_iteration(algorithm):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("num_tasks", 0, "num_tasks must be >= 1"),
+        ("num_tasks", 0, r"num_tasks must be in \[1, 2\*\*24\]"),
+        ("seed", 256, r"seed must be an integer in \[0, 256\)"),
         ("query", 0, "query must be >= 1"),
         ("inner_steps", -1, "inner_steps must be >= 0"),
         ("inner_lr", 0.0, "inner_lr must be a positive"),

@@ -81,7 +81,8 @@ eval = { num_tasks = 2, query = 5, inner_steps = 1, inner_optimizer = "sgd", inn
 @pytest.mark.parametrize("args, message", [
     (["--cells", "cifar*"], "matches no cell; cells of this suite: "),
     (["--seeds", "0,x"], "--seeds takes comma-separated integers"),
-    (["--seeds", "-1"], "--seeds needs at least one integer >= 0"),
+    (["--seeds", "-1"], "--seeds needs at least one integer, each in [0, 256)"),
+    (["--seeds", "0,256"], "--seeds needs at least one integer, each in [0, 256)"),
     (["--max-minutes", "0"], "--max-minutes must be a positive number"),
     (["--threads", "-2"], "--threads must be >= 0"),
 ])

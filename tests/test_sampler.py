@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from datasets import ClassPool, load_pool
+from datasets.tasks import stream_key
 
 CLASSES, EXAMPLES, SIDE = 6, 8, 5
 
@@ -53,6 +54,22 @@ def test_same_arguments_give_identical_tasks_and_index_changes_them():
     assert not torch.equal(a.task(0).support_x, c.support_x) and not torch.equal(a.task(0).support_x, d.support_x)
     # a batch is exactly its tasks, stacked
     assert torch.equal(a.task(2).query_x, pool.sample_task(5, 2, 3, seed=7, index=2).query_x)
+
+
+def test_no_two_seed_index_pairs_share_a_task_stream():
+    """Seeds must be independent however many tasks a run draws (the paper suites draw millions)."""
+    pool = identity_pool(rotations=4)
+    # With the old seed * 1_000_003 + index mixing these two were the same task.
+    far = pool.sample_task(5, 2, 3, seed=0, index=1_000_003)
+    assert not torch.equal(far.support_x, pool.sample_task(5, 2, 3, seed=1, index=0).support_x)
+    # torch's CPU generator keeps 32 bits of a seed: every key must fit, and seeds own disjoint blocks.
+    assert stream_key(255, 2**24 - 1) == 2**32 - 1 and stream_key(3, 2**24 - 1) + 1 == stream_key(4, 0)
+    last = pool.sample_task(5, 2, 3, seed=255, index=2**24 - 1)
+    assert not torch.equal(last.support_x, pool.sample_task(5, 2, 3, seed=0, index=2**24 - 1).support_x)
+    for seed, index, message in [(-1, 0, "seed -1 is out of range"), (256, 0, "seeds are integers in"),
+                                 (0, -1, "task index -1 is out of range"), (0, 2**24, "task indices are integers in")]:
+        with pytest.raises(ValueError, match=message):
+            pool.sample_task(5, 2, 3, seed=seed, index=index)
 
 
 def test_shapes_labels_and_disjoint_support_query():

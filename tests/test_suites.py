@@ -49,6 +49,15 @@ def test_sine_eval_seed_must_differ_from_training_seed():
         replace(cell, seed=cell.eval.seed).validate()
 
 
+def test_seeds_and_task_counts_must_fit_the_task_streams():
+    cell = by_name(load_suite("smoke"))["omniglot-5w1s-reptile"]
+    with pytest.raises(ValueError, match="seed must be < 256"):
+        replace(cell, seed=256).validate()
+    with pytest.raises(ValueError, match="task indices stop at 2"):
+        replace(cell, meta_batch=32, meta_iterations=2**19 + 1).validate()
+    replace(cell, meta_batch=32, meta_iterations=2**19).validate()  # exactly 2**24 tasks fit
+
+
 def test_smoke_covers_every_algorithm_on_both_datasets():
     cells = load_suite("smoke")
     got = {(c.dataset, c.learner.algorithm) for c in cells}
