@@ -21,6 +21,8 @@ File format (every key optional except ``group``; see smoke.toml for a small exa
     set = { train_query = 1, learner = { inner_lr = 0.4 } }
 
 Precedence: defaults < group < matching ``when`` blocks < the cell's axis values.
+A ``when`` matches the cell's resolved values (defaults, group and axes, else CellConfig's
+own defaults), as they are before any ``when`` sets them.
 ``--seeds`` on the command line replaces every group's seeds.
 
     python -m benchmarks.suites smoke      # prints the cells of a suite
@@ -33,8 +35,12 @@ import itertools
 import re
 import sys
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable
+
+from algorithms.base import MetaConfig
+from algorithms.evaluation import EvalConfig
 
 from .config import CellConfig, check_fields
 
@@ -50,6 +56,11 @@ AXES = {  # axis key in a group -> (singular name used by `when` and templates, 
 NAME_FIELDS = "dataset, split, ways, shots, algorithm, backend, inner_steps, protocol (trans|nontrans)"
 DEFAULT_NAME = "{dataset}-{ways}w{shots}s-{algorithm}-{protocol}"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+# What a cell runs with where nothing sets a field: `when` matching and names read these (no dataset default).
+FIELD_DEFAULTS = {k: v for k, v in CellConfig(suite="", cell="", dataset="").to_dict().items()
+                  if k not in ("suite", "cell", "dataset")}
+TYPES = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "bool": ((bool,), "true or false"),
+         "str": ((str,), "a string")}
 
 
 class SuiteError(ValueError):
@@ -60,13 +71,18 @@ def available_suites() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
 
 
-def suite_path(name: str, relative_to: Path = SUITES_DIR) -> Path:
-    """A suite name (a file of ``benchmarks/suites``) or a path to a ``.toml`` file of the same format."""
+def suite_path(name: str, relative_to: Path | None = None) -> Path:
+    """A suite name (a file of ``benchmarks/suites``) or a path to a ``.toml`` file of the same format.
+
+    A path is relative to ``relative_to`` (default: the current directory), else to ``benchmarks/suites``.
+    """
     if name.endswith(".toml"):
-        path = relative_to / name
-        if not path.is_file():
-            raise SuiteError(f"suite file {path} does not exist")
-        return path
+        tried = list(dict.fromkeys([(relative_to or Path.cwd()) / name, SUITES_DIR / name]))
+        for path in tried:
+            if path.is_file():
+                return path
+        raise SuiteError(f"suite file {name} not found (tried {', '.join(map(str, tried))}); "
+                         f"available suites: {', '.join(available_suites())}")
     path = SUITES_DIR / f"{name}.toml"
     if not path.is_file():
         raise SuiteError(f"unknown suite {name!r}; available suites: {', '.join(available_suites())} "
@@ -117,6 +133,39 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _blocks(value: Any, where: str, key: str) -> list[dict[str, Any]]:
+    """The ``[[key]]`` blocks (an array of tables); a single ``[key]`` table or a scalar is refused."""
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return value
+    got = "a single [table]" if isinstance(value, dict) else repr(value)
+    raise SuiteError(f"{where}: `{key}` must be [[{key}]] blocks (an array of tables), got {got}")
+
+
+def _check_settings(d: Any, where: str, hint: str = "") -> None:
+    """``d`` is a table of CellConfig fields, its ``learner`` and ``eval`` tables of theirs (else SuiteError)."""
+    try:
+        check_fields(CellConfig, d, where)
+    except ValueError as e:
+        raise SuiteError(f"{e}{hint}") from None
+    try:
+        check_fields(MetaConfig, d.get("learner", {}), f"{where}: learner")
+        check_fields(EvalConfig, d.get("eval", {}), f"{where}: eval")
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
+
+
+def _check_types(cell: CellConfig) -> None:
+    """MetaConfig/EvalConfig.validate compare values but do not check their types: `num_tasks = 5.5` would pass."""
+    for part in ("learner", "eval"):
+        config = getattr(cell, part)
+        for f in fields(config):
+            value = getattr(config, f.name)
+            kind = getattr(f.type, "__name__", f.type)  # "int", or int without `from __future__ import annotations`
+            ok, wanted = TYPES.get(kind, ((object,), ""))
+            if not isinstance(value, ok) or (isinstance(value, bool) and kind != "bool"):
+                raise ValueError(f"cell {cell.suite}/{cell.cell}: {part}.{f.name} must be {wanted}, got {value!r}")
+
+
 def _matches(when: dict[str, Any], axes: dict[str, Any], where: str) -> bool:
     singular = {s for s, _ in AXES.values()}
     for key, wanted in when.items():
@@ -132,21 +181,23 @@ def _matches(when: dict[str, Any], axes: dict[str, Any], where: str) -> bool:
 def _expand_group(suite: str, group: dict[str, Any], defaults: dict[str, Any], where: str, seeds: list[int] | None):
     group = dict(group)
     template = group.pop("name", DEFAULT_NAME)
-    whens = group.pop("when", [])
+    if not isinstance(template, str):
+        raise SuiteError(f"{where}: name must be a template string, got {template!r}; fields: {NAME_FIELDS}")
+    whens = _blocks(group.pop("when", []), where, "group.when")
+    for j, when in enumerate(whens):
+        _check_settings(when.get("set", {}), f"{where}, when {j + 1}: set")
     axis_values = {key: _as_list(group.pop(key)) for key in list(group) if key in AXES}
     if seeds is not None:
         axis_values["seeds"] = list(seeds)
-    try:
-        check_fields(CellConfig, {k: v for k, v in group.items() if k not in ("learner", "eval")}, where)
-    except ValueError as e:
-        raise SuiteError(f"{e} (or a cross-product axis: {sorted(AXES)}, `name`, `when`)") from None
+    _check_settings(group, where, f" (or a cross-product axis: {sorted(AXES)}, `name`, `when`)")
     base = _merge(defaults, group)
     keys = list(axis_values)
     for combo in itertools.product(*(axis_values[k] for k in keys)):
         cell = copy.deepcopy(base)
         for key, value in zip(keys, combo):
             _set_path(cell, AXES[key][1], value)
-        axes = {singular: _get_path(cell, path) for singular, path in AXES.values()}
+        resolved = _merge(FIELD_DEFAULTS, cell)  # a value left to CellConfig's defaults matches too
+        axes = {singular: _get_path(resolved, path) for singular, path in AXES.values()}
         for when in whens:
             if _matches(when, axes, where):
                 cell = _merge(cell, when.get("set", {}))
@@ -159,30 +210,32 @@ def _expand_group(suite: str, group: dict[str, Any], defaults: dict[str, Any], w
 
 
 def _finish(cell: dict[str, Any], template: str, where: str) -> CellConfig:
-    fields = {
-        "dataset": cell.get("dataset"), "split": cell.get("split", "small"), "ways": cell.get("ways", 5),
-        "shots": cell.get("shots", 1), "algorithm": cell["learner"].get("algorithm", "reptile"),
-        "backend": cell["learner"].get("backend", "reference"), "inner_steps": cell["learner"].get("inner_steps", 5),
-        "protocol": "trans" if cell.get("eval", {}).get("transductive", False) else "nontrans",
+    r = _merge(FIELD_DEFAULTS, cell)
+    names = {
+        "dataset": r.get("dataset"), "split": r["split"], "ways": r["ways"], "shots": r["shots"],
+        "algorithm": r["learner"]["algorithm"], "backend": r["learner"]["backend"],
+        "inner_steps": r["learner"]["inner_steps"], "protocol": "trans" if r["eval"]["transductive"] else "nontrans",
     }
     try:
-        cell["cell"] = template.format(**fields)
+        cell["cell"] = template.format(**names)
     except (KeyError, IndexError, ValueError) as e:
         raise SuiteError(f"{where}: bad name template {template!r} ({e}); fields: {NAME_FIELDS}") from None
     if not SAFE_NAME.match(cell["cell"]):
         raise SuiteError(f"{where}: cell name {cell['cell']!r} may only use letters, digits, '.', '_' and '-'")
     try:
-        return CellConfig.from_dict(cell).validate()
+        config = CellConfig.from_dict(cell)
+        _check_types(config)
+        return config.validate()
     except (TypeError, ValueError) as e:
         raise SuiteError(f"{where}: {e}") from None
 
 
 def load_suite(name: str, seeds: list[int] | None = None, _as: str | None = None, _seen: tuple = (),
-               _dir: Path = SUITES_DIR) -> list[CellConfig]:
+               _dir: Path | None = None) -> list[CellConfig]:
     """All cells of suite ``name`` (included suites first), validated, with unique (cell, seed).
 
-    ``name`` is a suite of ``benchmarks/suites`` or a path to a ``.toml`` suite file;
-    a file's ``include`` of a ``.toml`` path is relative to that file.
+    ``name`` is a suite of ``benchmarks/suites`` or a path to a ``.toml`` suite file (relative to the
+    current directory); a file's ``include`` of a ``.toml`` path is relative to that file.
     """
     path = suite_path(name, _dir)
     if path.resolve() in _seen:
@@ -192,11 +245,17 @@ def load_suite(name: str, seeds: list[int] | None = None, _as: str | None = None
     unknown = sorted(set(spec) - {"description", "include", "defaults", "group"})
     if unknown:
         raise SuiteError(f"suite {name}: unknown top-level keys {unknown}; valid: description, include, defaults, group")
+    includes = _as_list(spec.get("include", []))
+    if not all(isinstance(inc, str) for inc in includes):
+        raise SuiteError(f"suite {name}: include must list suite names or .toml paths, got {spec['include']!r}")
+    defaults = spec.get("defaults", {})
+    _check_settings(defaults, f"suite {name}: defaults")
+    groups = _blocks(spec.get("group", []), f"suite {name}", "group")
     cells: list[CellConfig] = []
-    for inc in _as_list(spec.get("include", [])):
+    for inc in includes:
         cells += load_suite(inc, seeds, suite, _seen + (path.resolve(),), path.parent)
-    for i, group in enumerate(spec.get("group", [])):
-        cells += _expand_group(suite, group, spec.get("defaults", {}), f"suite {name}, group {i + 1}", seeds)
+    for i, group in enumerate(groups):
+        cells += _expand_group(suite, group, defaults, f"suite {name}, group {i + 1}", seeds)
     seen: set[tuple[str, int]] = set()
     for c in cells:
         if (c.cell, c.seed) in seen:

@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 
 from benchmarks.config import CellConfig
+from benchmarks import cli
 from benchmarks.suites import SuiteError, available_suites, load_suite, select
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def by_name(cells):
@@ -162,10 +166,90 @@ set = { train_query = 4, shots = 99, learner = { inner_lr = 0.5 } }
     ('include = ["mine.toml"]\n', "includes itself"),
     ('[[group]\n', "not valid TOML"),
     ('groups = []\n', "unknown top-level keys"),
+    # Malformed structure: a one-line SuiteError naming the key, never a traceback.
+    ('group = 5\n', r"`group` must be \[\[group\]\] blocks.*got 5"),
+    ('[group]\ndataset = "omniglot"\n', r"`group` must be \[\[group\]\] blocks.*single \[table\]"),
+    ('[[group]]\ndataset = "omniglot"\nwhen = 5\n', r"group 1: `group.when` must be \[\[group.when\]\].*got 5"),
+    ('[[group]]\ndataset = "omniglot"\n[group.when]\nalgorithm = "reptile"\nset = { meta_batch = 2 }\n',
+     r"group 1: `group.when` must be \[\[group.when\]\].*single \[table\]"),
+    ('[[group]]\ndataset = "omniglot"\n[[group.when]]\nalgorithm = "reptile"\nset = 5\n',
+     "group 1, when 1: set: expected a table"),
+    ('include = 5\n', "include must list suite names"),
+    ('defaults = 3\n[[group]]\ndataset = "omniglot"\n', "defaults: expected a table"),
+    ('[defaults]\nlearner = 3\n[[group]]\ndataset = "omniglot"\n', "defaults: learner: expected a table"),
+    ('[[group]]\ndataset = "omniglot"\neval = 5\n', "group 1: eval: expected a table"),
+    ('[[group]]\nname = 5\ndataset = "omniglot"\n', "group 1: name must be a template string"),
+    # Wrong types inside learner/eval (their validate() compares values only).
+    ('[[group]]\ndataset = "omniglot"\neval = { num_tasks = 5.5 }\n', r"eval.num_tasks must be an integer, got 5.5"),
+    ('[[group]]\ndataset = "omniglot"\nlearner = { inner_steps = 2.0 }\n', "learner.inner_steps must be an integer"),
+    ('[[group]]\ndataset = "omniglot"\nlearner = { inner_lr = "0.1" }\n', "learner.inner_lr must be a number"),
+    ('[[group]]\ndataset = "omniglot"\ntransductive = [1]\n', "eval.transductive must be true or false"),
 ])
 def test_bad_suite_files_fail_with_a_clear_message(tmp_path, text, message):
-    with pytest.raises(SuiteError, match=message):
+    with pytest.raises(SuiteError, match=message) as e:
         load_suite(write_suite(tmp_path, text))
+    assert "mine" in str(e.value) and "\n" not in str(e.value)  # names the file, on one line
+
+
+def test_suite_path_is_relative_to_the_current_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    smoke = [c.to_dict() for c in load_suite("smoke")]
+    assert [c.to_dict() for c in load_suite("benchmarks/suites/smoke.toml")] == smoke
+    assert cli.main(["list", "--suite", "benchmarks/suites/smoke.toml"]) == 0
+    assert "smoke (6 cells)" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "smoke.toml").write_text('[[group]]\nname = "mine"\ndataset = "omniglot"\n')
+    assert [c.cell for c in load_suite("sub/smoke.toml")] == ["mine"]  # not benchmarks/suites' smoke
+    assert [c.to_dict() for c in load_suite("smoke")] == smoke  # a bare name is still a suite of benchmarks/suites
+    assert [c.to_dict() for c in load_suite("smoke.toml")] == smoke  # as is a file name found only there
+    with pytest.raises(SuiteError, match=r"nope/x.toml not found \(tried .*sub.*nope.*\); available suites: .*smoke"):
+        load_suite("sub/nope/x.toml")
+
+
+def test_when_matches_values_left_to_the_defaults(tmp_path):
+    path = write_suite(tmp_path, """
+[defaults]
+ways = 5
+[defaults.eval]
+num_tasks = 3
+[[group]]
+name = "d-{ways}w{shots}s-{algorithm}"
+dataset = "omniglot"
+[[group.when]]
+algorithm = "reptile"      # CellConfig's default algorithm
+set = { meta_batch = 2 }
+[[group.when]]
+shots = 1                  # CellConfig's default shots
+set = { train_shots = 3 }
+[[group.when]]
+ways = 5                   # not an axis: refused
+set = {}
+""")
+    with pytest.raises(SuiteError, match="`when` can match on .* not 'ways'"):
+        load_suite(path)
+    path = write_suite(tmp_path, """
+[defaults]
+shots = 5
+learner = { algorithm = "fomaml" }
+[[group]]
+name = "d-{shots}s-{algorithm}-{backend}-{protocol}"
+dataset = "omniglot"
+train_query = 1
+[[group.when]]
+algorithm = "fomaml"       # from [defaults]
+shots = 5                  # from [defaults]
+backend = "reference"      # CellConfig's default backend
+transductive = false       # CellConfig's default protocol
+set = { meta_batch = 2, learner = { inner_steps = 1 } }
+[[group.when]]
+inner_steps = 5            # matched before any `when` set it to 1
+seed = 0
+set = { meta_iterations = 7 }
+""")
+    (cell,) = load_suite(path)
+    assert cell.cell == "d-5s-fomaml-reference-nontrans"
+    assert (cell.meta_batch, cell.learner.inner_steps, cell.meta_iterations) == (2, 1, 7)
 
 
 def test_scaling_sweeps_both_backends_for_every_algorithm_and_k():
