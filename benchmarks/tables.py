@@ -119,6 +119,7 @@ def _seed_summary(g: pd.DataFrame) -> pd.Series:
         "value": means.mean(), "value_ci": 1.96 * float(np.sqrt(between + (se ** 2).mean())),
         "n_seeds": int(g["seed"].nunique()), "eval_tasks": _span(g.eval_tasks),
         "eval_tasks_min": g.eval_tasks.fillna(0).min(), "iterations": _span(g.iterations_run),
+        "iterations_min": int(g.iterations_run.fillna(0).min()),
         "meta_iterations": int(g.meta_iterations.fillna(0).max()), "complete": bool((g.complete == True).all()),  # noqa: E712
         "peak_memory_bytes": g.peak_memory_bytes.median(), "memory_kind": "/".join(sorted(set(g.memory_kind.astype(str)))),
         "autograd_saved_bytes": g.autograd_saved_bytes.median(), "step_time_median_s": g.step_time_median_s.median(),
@@ -167,8 +168,9 @@ def pick(groups: pd.DataFrame, dataset: str, splits, ways: int, shots: int, algo
                & (groups.metric == "accuracy") & ~groups.scaling]
     if m.empty:
         return None, []
-    # Prefer complete runs, then the longest training, the most evaluation tasks, the most seeds.
-    m = m.sort_values(["complete", "meta_iterations", "eval_tasks_min", "n_seeds", "suite", "cell"],
+    # Prefer the longest training actually run (a run cut short at 450 iterations says more than a finished
+    # 4-iteration smoke test), then complete runs, the most evaluation tasks, the most seeds.
+    m = m.sort_values(["iterations_min", "complete", "eval_tasks_min", "n_seeds", "suite", "cell"],
                       ascending=[False, False, False, False, True, True])
     return m.iloc[0], [f"{r.suite}/{r.cell} ({r.device})" for r in m.iloc[1:].itertuples()]
 

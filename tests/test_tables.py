@@ -122,6 +122,17 @@ def test_a_rerun_under_another_config_supersedes_the_old_row(tmp_path):
     assert "95.40 ± 0.10" in md and "70.00" in md and "90.00" not in md and "80.00" not in md
 
 
+def test_a_longer_run_cut_short_beats_a_finished_smoke_run(tmp_path):
+    res = tmp_path / "results"
+    write_suite(res, "smoke", [fake_row(cell="omni-rep", meta_iterations=4, iterations_run=4, metric_mean=30.0)])
+    write_suite(res, "default", [fake_row(cell="omni-rep", meta_iterations=500, iterations_run=450, complete=False,
+                                          metric_mean=95.40, metric_ci95=0.10)])
+    tables.main(res, tmp_path / "t", REPO / "results" / "reference" / "published.csv")
+    reptile = md_row((tmp_path / "t" / "paper_tables.md").read_text().split("## Table 2")[1], "Reptile")
+    assert reptile[2].startswith("95.40 ± 0.10 (n=600, 450 it, incomplete (of 500 planned)")
+    assert "also measured, not shown: smoke/omni-rep" in (tmp_path / "t" / "paper_tables.md").read_text()
+
+
 def test_latex_escapes_and_provenance(rendered):
     tex = rendered["paper_tables.tex"]
     assert r"Odd\_Name \& 100\%" in tex
