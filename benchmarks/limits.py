@@ -241,6 +241,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    if args.repeats is not None and args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: give 1 or more timed meta-steps per contender")
     if args.threads < 1:
         raise SystemExit(f"--threads {args.threads}: give 1 or more (torch intra-op threads on CPU)")
     if args.device == "cpu":

@@ -43,6 +43,8 @@ def test_maml_limits_json_and_readme_table(tmp_path, threads, clock, skip_memory
     assert not list((tmp_path / "limits").glob(".*"))  # the atomic writer left no temporary file
 
 
-def test_threads_below_one_is_refused(capsys):
-    with pytest.raises(SystemExit, match="--threads 0: give 1 or more"):
-        limits.main(["--threads", "0"])
+@pytest.mark.parametrize("args, message", [(["--threads", "0"], "--threads 0: give 1 or more"),
+                                           (["--repeats", "0"], "--repeats 0: give 1 or more")])
+def test_bad_counts_are_refused(args, message):
+    with pytest.raises(SystemExit, match=message):
+        limits.main(args)
