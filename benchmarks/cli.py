@@ -79,8 +79,24 @@ def child_env() -> dict[str, str]:
 
 
 def run_child(cmd: list[str]) -> int:
-    """Run one cell's process to its end; its exit status."""
-    return subprocess.run(cmd, env=child_env()).returncode
+    """Run one cell's process to its end; its exit status.
+
+    No cell outlives the run: a SIGTERM sent to this process is passed on to the cell, and on
+    Ctrl-C (or a SIGINT sent to this process alone) the cell gets a SIGINT and 30 s to exit.
+    """
+    with subprocess.Popen(cmd, env=child_env()) as proc:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                return proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,8 +112,10 @@ def run(args: argparse.Namespace) -> int:
     folder = out / suite
     check_writable(folder)
     git_state = provenance.git_state(exclude=out)
+    # The name each cell's row will carry (the runner sets --threads before naming its device).
+    device_label = provenance.device_name(device, args.threads or None)
     # Also refuses a rows file of another schema, before any work.
-    done = completed_hashes(folder / ROWS_FILE, git_state["git_commit"])
+    done = completed_hashes(folder / ROWS_FILE, git_state, device_label)
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     git = json.dumps(git_state)
@@ -121,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             rc = run_child(cmd)
         except KeyboardInterrupt:
             rc = EXIT_INTERRUPTED
-        if rc in (EXIT_INTERRUPTED, -signal.SIGINT):
+        if rc in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
             print(f"\ninterrupted during {cell.cell}: rerun the same command to resume (finished cells are kept)",
                   file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -135,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             failed.append(f"{cell.cell} (exit {rc}{', diverged' if rc == EXIT_DIVERGED else ''})")
     bar.close()
     ran = len(cells) - skipped - len(failed) - len(missing) - len(not_started)
-    print(f"suite {suite}: {ran} cell(s) run, {skipped} already complete at this commit; rows in {folder / ROWS_FILE}")
+    print(f"suite {suite}: {ran} cell(s) run, {skipped} already complete at this commit on {device_label}; "
+          f"rows in {folder / ROWS_FILE}")
     if missing:
         print(f"skipped for missing data (--skip-missing): {', '.join(missing)}")
     if not_started:

@@ -83,8 +83,8 @@ def plot_scaling(rows: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def plot_curves(curves: pd.DataFrame, rows: pd.DataFrame, suite: str, out_dir: Path) -> Path | None:
     """Evaluation metric against meta-iterations for one suite; None if it has no evaluated points."""
-    ids = ["suite", "cell", "seed"]
-    info = rows[ids + ["algorithm", "backend", "dataset", "split", "ways", "shots", "transductive", "device"]]
+    ids = ["suite", "cell", "seed", "device"]
+    info = rows[ids + ["algorithm", "backend", "dataset", "split", "ways", "shots", "transductive"]]
     pts = curves.dropna(subset=["eval_mean"]).merge(info.drop_duplicates(ids), on=ids, how="inner")
     if pts.empty:
         return None
@@ -95,9 +95,13 @@ def plot_curves(curves: pd.DataFrame, rows: pd.DataFrame, suite: str, out_dir: P
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         s = pts[pts.setting == setting]
-        for (alg, backend, cell), g in s.groupby(["algorithm", "backend", "cell"]):
+        several = s.device.nunique() > 1
+        for (alg, backend, cell, device), g in s.groupby(["algorithm", "backend", "cell", "device"]):
             m = g.groupby("iteration")[["eval_mean", "eval_ci95"]].mean()
             style = _style(alg, backend) | {"marker": None}
+            if several:  # the same cell on two devices: the device tells the lines apart
+                style["label"] = f"{style['label']} ({device})"
+                style["marker"] = "s" if device.startswith("cuda") else "o"
             ax.plot(m.index, m.eval_mean, **style)
             ax.fill_between(m.index, m.eval_mean - m.eval_ci95.fillna(0), m.eval_mean + m.eval_ci95.fillna(0),
                             color=style["color"], alpha=0.15)

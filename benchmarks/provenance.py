@@ -8,6 +8,7 @@ that cannot be read is left empty rather than guessed.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import platform
 import shlex
@@ -35,28 +36,53 @@ def git_commit() -> str:
     return out.strip() if out else os.environ.get("REPTILE_BENCH_GIT_COMMIT", "")
 
 
-def git_dirty(exclude: str | os.PathLike | None = None) -> bool | str:
-    """True when files differ from HEAD (``git status --porcelain``, untracked included); empty if unknown.
-
-    ``exclude`` (the results folder) is left out, so rows written by the run itself
-    do not mark the code as modified.
-    """
-    spec: list[str] = []
+def _code_paths(exclude: str | os.PathLike | None) -> list[str]:
+    """A git pathspec for the code: the whole tree except ``results/`` and ``exclude`` (a run's output folder)."""
+    spec = ["--", ".", ":(exclude)results"]
     if exclude is not None:
         try:
-            rel = Path(exclude).resolve().relative_to(REPO_ROOT)
-            spec = ["--", ".", f":(exclude){rel.as_posix()}"]
+            spec.append(f":(exclude){Path(exclude).resolve().relative_to(REPO_ROOT.resolve()).as_posix()}")
         except ValueError:  # outside the repository: cannot make it dirty
             pass
-    out = _git("status", "--porcelain", *spec)
+    return spec
+
+
+def git_dirty(exclude: str | os.PathLike | None = None) -> bool | str:
+    """True when the code differs from HEAD (``git status --porcelain``, untracked included); empty if unknown.
+
+    ``results/`` and ``exclude`` (the run's output folder) are left out: rows written by
+    this or earlier runs are data, not code.
+    """
+    out = _git("status", "--porcelain", *_code_paths(exclude))
     if out is None:  # not a checkout: what the GPU script recorded, else unknown
         return {"true": True, "false": False}.get(os.environ.get("REPTILE_BENCH_GIT_DIRTY", ""), "")
     return bool(out.strip())
 
 
+def code_state(exclude: str | os.PathLike | None = None) -> str:
+    """The commit, plus a hash of the uncommitted changes (tracked diff and untracked files) when there are any.
+
+    A checkpoint is resumed only under the same code state, so a run interrupted and resumed
+    while editing the code never mixes two versions in one row.
+    """
+    spec = _code_paths(exclude)
+    diff = _git("diff", "HEAD", "--binary", *spec)
+    untracked = _git("ls-files", "--others", "--exclude-standard", "-z", *spec)
+    if not diff and not untracked:  # clean, or not a checkout (the GPU script's recorded commit)
+        return git_commit()
+    h = hashlib.sha256((diff or "").encode())
+    for name in sorted(n for n in (untracked or "").split("\0") if n):
+        h.update(name.encode())
+        try:
+            h.update((REPO_ROOT / name).read_bytes())
+        except OSError:
+            pass
+    return f"{git_commit()}+{h.hexdigest()[:16]}"
+
+
 def git_state(exclude: str | os.PathLike | None = None) -> dict[str, object]:
-    """The git columns of a row, read once when a run starts (see ``git_dirty`` for ``exclude``)."""
-    return {"git_commit": git_commit(), "git_dirty": git_dirty(exclude)}
+    """The git columns of a row and the ``code_state``, read once when a run starts (``exclude``: see ``git_dirty``)."""
+    return {"git_commit": git_commit(), "git_dirty": git_dirty(exclude), "code_state": code_state(exclude)}
 
 
 def cpu_model() -> str:
@@ -70,14 +96,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_name(device: str) -> str:
+def device_name(device: str, threads: int | None = None) -> str:
     """E.g. ``cpu: AMD EPYC 7B13 (1 thread)`` or ``cuda: NVIDIA H100 80GB HBM3``.
 
-    On CPU the torch thread count is part of the name: it changes every timing.
+    On CPU the torch thread count (``threads``, else this process's) is part of the name: it changes every timing.
     """
     if device.startswith("cuda"):
         return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
-    threads = torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     return f"cpu: {cpu_model()} ({threads} thread{'s' if threads > 1 else ''})"
 
 
@@ -105,7 +131,7 @@ def provenance(device: str, command: str, git: dict[str, object] | None = None) 
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "cuda_version": (torch.version.cuda or "") if device.startswith("cuda") else "",
-        **(git if git is not None else git_state()),
+        **{k: v for k, v in (git if git is not None else git_state()).items() if k in ("git_commit", "git_dirty")},
         "command": command,
         "date": utc_now(),
     }

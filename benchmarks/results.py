@@ -58,7 +58,7 @@ COLUMNS = [
     "config_json", "config_hash", "date",
 ]
 BOOL_COLUMNS = ("transductive", "first_order", "complete", "git_dirty")
-CURVE_COLUMNS = ["suite", "cell", "seed", "iteration", "train_loss", "eval_metric", "eval_mean", "eval_ci95"]
+CURVE_COLUMNS = ["suite", "cell", "seed", "device", "iteration", "train_loss", "eval_metric", "eval_mean", "eval_ci95"]
 ROWS_FILE = "rows.csv"
 CURVES_FILE = "curves.csv"
 
@@ -108,18 +108,24 @@ def read_rows_or_empty(path: str | os.PathLike) -> pd.DataFrame:
     return read_rows(path)
 
 
-def completed_hashes(path: str | os.PathLike, git_commit: str) -> set[str]:
-    """Config hashes of the cells this code version has finished: rows that say ``complete`` and were
-    written at ``git_commit``. The runner skips those cells and runs every other one.
+def completed_hashes(path: str | os.PathLike, git: dict, device: str) -> set[str]:
+    """Config hashes of the cells this code version has finished on this device: rows that say
+    ``complete``, were written from a clean tree at ``git["git_commit"]`` and name ``device`` (on CPU
+    the name carries the thread count). The runner skips those cells and runs every other one.
 
     Rows of another commit (the committed reference runs in a fresh clone, or older code) do not
     count: skipping them would pass another version's numbers off as this one's, and would make
     ``make benchmark`` in a fresh clone a no-op. Such a cell is run again and its new row replaces
-    the old one (same ``config_hash``, see ``write_row``).
+    the old one (same ``config_hash``, see ``write_row``). With uncommitted changes
+    (``git["git_dirty"]`` not False) nothing counts: a row does not say which changes it ran with.
     """
     df = read_rows_or_empty(path)
+    if git.get("git_dirty") is not False or not git.get("git_commit"):
+        return set()
     complete = df["complete"] == True  # noqa: E712 (object column)
-    mine = complete & (df["git_commit"].fillna("").astype(str) == str(git_commit))
+    clean = df["git_dirty"].astype(str).str.lower() == "false"
+    mine = (complete & clean & (df["git_commit"].fillna("").astype(str) == str(git["git_commit"]))
+            & (df["device"].fillna("").astype(str) == device))
     return set(df.loc[mine, "config_hash"].astype(str))
 
 
@@ -173,12 +179,17 @@ def read_curves(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def write_curves(path: str | os.PathLike, suite: str, cell: str, seed: int, points: Iterable[dict[str, Any]]) -> None:
-    """Replace the curve of (suite, cell, seed) by ``points`` (dicts with the per-point columns)."""
+def write_curves(path: str | os.PathLike, suite: str, cell: str, seed: int, device: str,
+                 points: Iterable[dict[str, Any]]) -> None:
+    """Replace the curve of (suite, cell, seed, device) by ``points`` (dicts with the per-point columns).
+
+    ``device`` is the rows' device name: a cell run on CPU and on a GPU into one folder keeps both curves.
+    """
     path = Path(path)
     with folder_lock(path.parent):
         df = read_curves(path)
-        keep = ~((df["suite"] == suite) & (df["cell"] == cell) & (df["seed"] == seed))
-        new = pd.DataFrame([{"suite": suite, "cell": cell, "seed": seed, **p} for p in points], columns=CURVE_COLUMNS)
+        keep = ~((df["suite"] == suite) & (df["cell"] == cell) & (df["seed"] == seed) & (df["device"] == device))
+        new = pd.DataFrame([{"suite": suite, "cell": cell, "seed": seed, "device": device, **p} for p in points],
+                           columns=CURVE_COLUMNS)
         parts = [part for part in (df[keep], new) if not part.empty]
         write_csv_atomic(pd.concat(parts, ignore_index=True) if parts else new, path)

@@ -8,7 +8,8 @@ fresh process, so that the CPU peak-RSS column belongs to that cell alone:
 Resuming: a checkpoint ``<out>/<suite>/checkpoints/<cell>-<seed>.pt`` is written
 atomically every ``checkpoint_every`` iterations, at the end of training and when a
 ``--deadline`` cuts training short. It holds the learner's state, the curve and the
-step times so far, and the git commit: a checkpoint of other code is not resumed.
+step times so far, the code state and the device: a checkpoint of other code (another commit, or
+other uncommitted changes) or of another device or thread count is not resumed.
 Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed, indices=range(it *
 meta_batch, (it + 1) * meta_batch))``, a pure function of (seed, iteration), so a
 resumed run computes exactly what an uninterrupted one does.
@@ -28,6 +29,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -67,11 +69,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, f)
 
 
-def load_checkpoint(path: Path, cell: CellConfig, git_commit: str) -> dict[str, Any] | None:
-    """The saved state of this exact cell config written by this code version (``git_commit``), or None.
+def load_checkpoint(path: Path, cell: CellConfig, code_state: str, device: str) -> dict[str, Any] | None:
+    """The saved state of this exact cell config written by this code (``provenance.code_state``) on
+    ``device`` (``provenance.device_name``, thread count included), or None.
 
-    A checkpoint of another commit is not resumed: the row would carry this commit while
-    (part of) its training ran on other code.
+    A checkpoint of other code is not resumed: the row would carry this commit while (part of)
+    its training ran on other code. Nor is one of another device or thread count: the row's
+    step times would mix two machines under one device name.
     """
     if not path.is_file():
         return None
@@ -79,14 +83,18 @@ def load_checkpoint(path: Path, cell: CellConfig, git_commit: str) -> dict[str, 
     if state.get("config_hash") != cell.config_hash():
         print(f"note: {path} was written for another configuration of {cell.cell}; starting it afresh", file=sys.stderr)
         return None
-    if state.get("git_commit") != git_commit:
-        print(f"note: {path} was written at git commit {str(state.get('git_commit'))[:12] or 'unknown'}, not this "
-              f"checkout's {git_commit[:12] or 'unknown'}; starting {cell.cell} afresh", file=sys.stderr)
+    if state.get("code_state") != code_state:
+        print(f"note: {path} was written by code at {str(state.get('code_state'))[:29] or 'unknown'}, not this "
+              f"checkout's {code_state[:29] or 'unknown'}; starting {cell.cell} afresh", file=sys.stderr)
+        return None
+    if state.get("device") != device:
+        print(f"note: {path} was written on {state.get('device')}, not {device}; starting {cell.cell} afresh",
+              file=sys.stderr)
         return None
     return state
 
 
-def start_tracker(cell: CellConfig, mode: str):
+def start_tracker(cell: CellConfig, mode: str, run_id: str | None = None):
     """``benchmarks.tracking`` hooks when that module exists and tracking is not disabled, else None.
 
     Tracking is a view of the rows, never a reason to lose one: a failing tracker is
@@ -97,7 +105,7 @@ def start_tracker(cell: CellConfig, mode: str):
     try:
         from . import tracking
 
-        return tracking.start_cell(cell.to_dict(), cell.suite, cell.cell, mode)
+        return tracking.start_cell(cell.to_dict(), cell.suite, cell.cell, mode, run_id=run_id)
     except Exception as e:  # noqa: BLE001 (any tracking failure, e.g. wandb not logged in for "online")
         print(f"warning: wandb tracking ({mode}) unavailable for {cell.cell}, continuing without it: {e}", file=sys.stderr)
         return None
@@ -113,6 +121,11 @@ def tracked(tracker, method: str, *args) -> object:
     except Exception as e:  # noqa: BLE001
         print(f"warning: wandb tracking failed ({e}); continuing without it", file=sys.stderr)
         return None
+
+
+def _logged(point: dict[str, Any]) -> dict[str, Any]:
+    """A curve point as logged to wandb: the metrics it has, keyed by iteration elsewhere."""
+    return {k: v for k, v in point.items() if v is not None and k != "iteration"}
 
 
 def past_deadline(deadline: float | None) -> bool:
@@ -145,22 +158,30 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
     model = build_model(cell.dataset, cell.ways).to(device)
     learner = build_learner(cell.learner, model, total_iterations=cell.meta_iterations, seed=cell.seed)
     ckpt = checkpoint_path(out, cell)
-    state = load_checkpoint(ckpt, cell, git["git_commit"])
+    code = str(git.get("code_state", git["git_commit"]))
+    device_label = provenance.device_name(device)
+    state = load_checkpoint(ckpt, cell, code, device_label)
     curve: list[dict[str, Any]] = []
     times = measure.StepTimes()
     elapsed_before = 0.0
+    wandb_id = uuid.uuid4().hex[:8]  # one wandb run per cell: kept in the checkpoint, reused on resume
     if state is not None:
         print(f"resuming {cell.cell} (seed {cell.seed}) from iteration {state['iteration']}", file=sys.stderr)
         learner.load_state_dict(state["learner"])
         curve, times.seconds, elapsed_before = list(state["curve"]), list(state["step_times"]), float(state["elapsed_s"])
+        wandb_id = str(state.get("wandb_id") or wandb_id)
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt, {"config_hash": cell.config_hash(), "git_commit": git["git_commit"],
+        save_checkpoint(ckpt, {"config_hash": cell.config_hash(), "code_state": code, "device": device_label,
+                               "wandb_id": wandb_id,
                                "learner": learner.state_dict(),
                                "iteration": learner.iteration, "curve": curve, "step_times": times.seconds,
                                "elapsed_s": elapsed_before + time.perf_counter() - started})
 
-    tracker = start_tracker(cell, wandb)
+    tracker = start_tracker(cell, wandb, wandb_id)
+    if wandb != "online":  # an offline run cannot be resumed: the new one gets the whole curve so far
+        for point in curve:
+            tracker = tracked(tracker, "log", point["iteration"], _logged(point))
     curve_eval = replace(cell.eval, num_tasks=cell.curve_tasks)
     cut_short = False
     bar = tqdm(total=cell.meta_iterations, initial=learner.iteration, desc=cell.cell, unit="it",
@@ -177,7 +198,7 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
             res = evaluate(learner.model, eval_pool, cell.ways, cell.shots, curve_eval, device=device)
             point.update(eval_metric=res.metric, eval_mean=res.mean, eval_ci95=res.ci95)
         curve.append(point)
-        tracker = tracked(tracker, "log", learner.iteration, {k: v for k, v in point.items() if v is not None and k != "iteration"})
+        tracker = tracked(tracker, "log", learner.iteration, _logged(point))
         if learner.iteration % cell.checkpoint_every == 0 or learner.iteration == cell.meta_iterations:
             checkpoint()
         bar.update(1)
@@ -217,7 +238,7 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
     }
     row = {c: row[c] for c in COLUMNS}
     folder = out / cell.suite
-    write_curves(folder / CURVES_FILE, cell.suite, cell.cell, cell.seed, curve)
+    write_curves(folder / CURVES_FILE, cell.suite, cell.cell, cell.seed, device_label, curve)
     write_row(folder / ROWS_FILE, row)
     tracked(tracker, "finish", row)
     return row

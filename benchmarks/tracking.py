@@ -91,8 +91,15 @@ def _silence() -> None:
 
 
 def start_cell(config: dict[str, Any], suite: str, cell: str, mode: str = "offline",
-               dir: str | os.PathLike | None = None) -> Tracker:
-    """Start the wandb run of one cell (``group=suite``, ``name=cell``, ``job_type="benchmark"``)."""
+               dir: str | os.PathLike | None = None, run_id: str | None = None) -> Tracker:
+    """Start the wandb run of one cell (``group=suite``, ``name=cell``, ``job_type="benchmark"``).
+
+    ``run_id``: the id kept in the cell's checkpoint, so a resumed cell continues its run. Online,
+    wandb appends to it. Offline, wandb cannot resume: the resumed part is a new offline folder
+    under the same id, into which the runner replays the curve so far. Syncing the folders oldest
+    first (``wandb sync wandb/offline-run-*``) leaves the last one, the whole run: a later sync
+    of an id replaces the earlier one (wandb issue #3841).
+    """
     if mode not in MODES:
         raise ValueError(f"wandb mode must be one of {', '.join(MODES)}, got {mode!r} (offline needs no account)")
     if mode == "disabled":
@@ -104,7 +111,8 @@ def start_cell(config: dict[str, Any], suite: str, cell: str, mode: str = "offli
         Path(dir).mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(project=PROJECT, group=suite, name=cell, job_type="benchmark", config=config, mode=mode,
-                         dir=None if dir is None else str(dir), reinit="create_new",
+                         dir=None if dir is None else str(dir), reinit="create_new", id=run_id,
+                         resume="allow" if run_id and mode == "online" else None,
                          settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
     except Exception as e:  # e.g. online without credentials: warn, keep benchmarking
         _warn(f"init ({mode})", e)

@@ -162,29 +162,34 @@ def test_child_command_carries_budget_threads_and_provenance(tmp_path, monkeypat
     cell = CellConfig.from_json(args["--cell-json"])
     assert (cell.cell, cell.seed, cell.device) == ("sine-maml", 3, "cpu")
     assert args["--threads"] == "2" and float(args["--deadline"]) > 0 and args["--out"] == str(tmp_path)
-    assert set(json.loads(args["--git-json"])) == {"git_commit", "git_dirty"}
+    assert set(json.loads(args["--git-json"])) == {"git_commit", "git_dirty", "code_state"}
     assert "--seeds 3" in args["--command"]
 
 
-def test_only_cells_finished_at_this_commit_are_skipped(tmp_path, capsys, monkeypatch):
-    """A fresh clone holds rows of an earlier commit: `make benchmark` must run those cells, not print them."""
+@pytest.mark.parametrize("threads, dirty, skipped", [(1, False, {"sine-reptile"}), (2, False, set()), (1, True, set())])
+def test_only_cells_finished_at_this_commit_on_this_device_are_skipped(tmp_path, capsys, monkeypatch,
+                                                                      threads, dirty, skipped):
+    """A fresh clone holds rows of an earlier commit: `make benchmark` must run those cells, not print them.
+    Nor is a cell done for a run with another thread count, or for code with uncommitted changes."""
     from dataclasses import replace
 
     from benchmarks import provenance
     from benchmarks.results import COLUMNS, SCHEMA_VERSION, write_row
     from benchmarks.suites import load_suite
 
-    commit = provenance.git_commit()
+    commit = "c" * 40
+    monkeypatch.setattr(provenance, "git_state", lambda exclude=None: {
+        "git_commit": commit, "git_dirty": dirty, "code_state": commit + ("+0123abcd" if dirty else "")})
     cells = {c.cell: replace(c, device="cpu") for c in load_suite("smoke")}
     (tmp_path / "smoke").mkdir()
     for name, at in (("sine-reptile", commit), ("sine-fomaml", "an-older-commit")):
         row = {c: None for c in COLUMNS}
         row.update(schema_version=SCHEMA_VERSION, suite="smoke", cell=name, complete=True, git_commit=at,
-                   config_hash=cells[name].config_hash())
+                   git_dirty=False, device=provenance.device_name("cpu", 1), config_hash=cells[name].config_hash())
         write_row(tmp_path / "smoke" / "rows.csv", row)
     started = []
     monkeypatch.setattr(cli, "run_child", lambda cmd: started.append(cmd[cmd.index("--cell-json") + 1]) or 0)
-    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu", "--threads", str(threads)]) == 0
     ran = {name for name in cells if any(f'"cell":"{name}"' in js for js in started)}
-    assert ran == set(cells) - {"sine-reptile"}
-    assert "1 already complete at this commit" in capsys.readouterr().out
+    assert ran == set(cells) - skipped
+    assert f"{len(skipped)} already complete at this commit" in capsys.readouterr().out

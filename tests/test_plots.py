@@ -22,7 +22,7 @@ def test_scaling_and_curve_plots_are_written(tmp_path):
     write_suite(res, "scaling", scaling)
     write_suite(res, "default", [fake_row(cell="d-rep", seed=s) for s in (0, 1)]
                 + [fake_row(cell="d-maml", algorithm="maml", transductive=True)])
-    curves = pd.DataFrame([{"suite": "default", "cell": cell, "seed": s, "iteration": it, "train_loss": 1.0 / it,
+    curves = pd.DataFrame([{"suite": "default", "cell": cell, "seed": s, "device": "cpu: TestCPU", "iteration": it, "train_loss": 1.0 / it,
                             "eval_metric": "accuracy" if it % 10 == 0 else None,
                             "eval_mean": 50.0 + it if it % 10 == 0 else None,
                             "eval_ci95": 1.0 if it % 10 == 0 else None}

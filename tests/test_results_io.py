@@ -11,6 +11,10 @@ from benchmarks import results
 from benchmarks.results import COLUMNS, SCHEMA_VERSION, ResultsFormatError, read_rows, write_curves, write_row
 
 
+CLEAN = {"git_commit": "c0ffee", "git_dirty": False}
+DEVICE = "cpu: Test CPU (1 thread)"
+
+
 def make_row(**over) -> dict:
     row = {c: None for c in COLUMNS}
     row.update(schema_version=SCHEMA_VERSION, suite="s", cell="c", algorithm="reptile", backend="reference",
@@ -18,7 +22,7 @@ def make_row(**over) -> dict:
                eval_inner_steps=10, seed=0, meta_iterations=10, iterations_run=10, complete=True, meta_batch=2,
                final_train_loss=0.5, metric="mse", metric_mean=1.25, metric_ci95=0.1, eval_tasks=20,
                peak_memory_bytes=123, memory_kind="cpu_rss", autograd_saved_bytes=None, git_commit="c0ffee", git_dirty=False,
-               config_json='{"a": 1}', config_hash="0123456789ab", command="python -m benchmarks.cli run")
+               device=DEVICE, config_json='{"a": 1}', config_hash="0123456789ab", command="python -m benchmarks.cli run")
     row.update(over)
     return row
 
@@ -45,13 +49,13 @@ def test_same_config_hash_replaces_other_hashes_append(tmp_path):
     assert len(df) == 2
     mine = df[df.config_hash == "0123456789ab"].iloc[0]
     assert mine.iterations_run == 10 and mine.complete == True  # noqa: E712
-    assert results.completed_hashes(path, "c0ffee") == {"0123456789ab", "ffffffffffff"}
+    assert results.completed_hashes(path, CLEAN, DEVICE) == {"0123456789ab", "ffffffffffff"}
 
 
 def test_incomplete_rows_are_not_completed(tmp_path):
     path = tmp_path / "rows.csv"
     write_row(path, make_row(complete=False))
-    assert results.completed_hashes(path, "c0ffee") == set()
+    assert results.completed_hashes(path, CLEAN, DEVICE) == set()
 
 
 def test_rows_of_another_commit_are_not_completed(tmp_path):
@@ -59,11 +63,23 @@ def test_rows_of_another_commit_are_not_completed(tmp_path):
     path = tmp_path / "rows.csv"
     write_row(path, make_row(git_commit="0ld"))
     write_row(path, make_row(config_hash="ffffffffffff", cell="other"))
-    assert results.completed_hashes(path, "c0ffee") == {"ffffffffffff"}
-    assert results.completed_hashes(path, "0ld") == {"0123456789ab"}
+    assert results.completed_hashes(path, CLEAN, DEVICE) == {"ffffffffffff"}
+    assert results.completed_hashes(path, {"git_commit": "0ld", "git_dirty": False}, DEVICE) == {"0123456789ab"}
     write_row(path, make_row())  # the rerun at this commit replaces the old row of the same config
     df = read_rows(path)
     assert len(df) == 2 and set(df.git_commit) == {"c0ffee"}
+
+
+def test_rows_of_another_device_or_of_uncommitted_code_are_not_completed(tmp_path):
+    """A cell finished on 1 thread is not done for a run on 2; a row written with uncommitted changes does
+    not say which, so it never counts, and with uncommitted changes now nothing counts."""
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    write_row(path, make_row(config_hash="ffffffffffff", cell="dirty", git_dirty=True))
+    assert results.completed_hashes(path, CLEAN, DEVICE) == {"0123456789ab"}
+    assert results.completed_hashes(path, CLEAN, "cpu: Test CPU (2 threads)") == set()
+    assert results.completed_hashes(path, {"git_commit": "c0ffee", "git_dirty": True}, DEVICE) == set()
+    assert results.completed_hashes(path, {"git_commit": "c0ffee", "git_dirty": ""}, DEVICE) == set()  # unknown
 
 
 def test_refuses_other_schema_version(tmp_path):
@@ -117,12 +133,16 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 def test_curves_replace_one_cell_and_keep_others(tmp_path):
     path = tmp_path / "curves.csv"
     pt = lambda i, loss: {"iteration": i, "train_loss": loss, "eval_metric": None, "eval_mean": None, "eval_ci95": None}  # noqa: E731
-    write_curves(path, "s", "a", 0, [pt(1, 1.0), pt(2, 0.9)])
-    write_curves(path, "s", "b", 0, [pt(1, 5.0)])
-    write_curves(path, "s", "a", 0, [pt(1, 0.7)])
+    write_curves(path, "s", "a", 0, DEVICE, [pt(1, 1.0), pt(2, 0.9)])
+    write_curves(path, "s", "b", 0, DEVICE, [pt(1, 5.0)])
+    write_curves(path, "s", "a", 0, DEVICE, [pt(1, 0.7)])
     df = results.read_curves(path)
     assert list(df.columns) == results.CURVE_COLUMNS
     assert sorted(zip(df.cell, df.train_loss)) == [("a", 0.7), ("b", 5.0)]
+    write_curves(path, "s", "a", 0, "cuda: Test GPU", [pt(1, 0.5)])  # the same cell on a GPU: both curves kept
+    df = results.read_curves(path)
+    assert sorted(zip(df.cell, df.device, df.train_loss)) == [("a", DEVICE, 0.7), ("a", "cuda: Test GPU", 0.5),
+                                                              ("b", DEVICE, 5.0)]
 
 
 def test_concurrent_writers_lose_no_row(tmp_path):

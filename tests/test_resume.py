@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmarks import provenance
 from benchmarks.results import read_curves, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,9 +104,37 @@ def test_sigkill_then_rerun_equals_uninterrupted(suite_file, uninterrupted, tmp_
     rc, log = finish(cli(suite_file, tmp_path))
     assert rc == 0, log
     assert "resuming long-maml (seed 0) from iteration" in log and "from iteration 0" not in log
-    assert "1 already complete" in log  # the short cell's row was kept, not recomputed
+    if provenance.git_dirty(exclude=tmp_path) is False:
+        assert "1 already complete" in log  # the short cell's row was kept, not recomputed
+    else:  # rows do not say which uncommitted changes made them: re-evaluated from the final checkpoint
+        assert "resuming short-fomaml (seed 0) from iteration 3" in log
     assert not list((tmp_path / "suite").glob(".*.tmp")), "a temporary file was left behind"
     compare(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_run_stops_its_cell_too(suite_file, tmp_path):
+    """A SIGTERM sent to the CLI alone (a scheduler, `kill PID`) must not leave the cell's process running
+    on, to write its row later or train beside the rerun."""
+    proc = cli(suite_file, tmp_path, start_new_session=True)
+    ckpt = tmp_path / "suite" / "checkpoints" / "long-maml-0.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists():
+        assert proc.poll() is None and time.time() < deadline, finish(proc)[1] if proc.poll() is not None else "slow"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGTERM)  # the CLI only, not its process group
+    rc, log = finish(proc)
+    assert rc == 130 and "rerun the same command to resume" in log
+    alive = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).find(str(tmp_path)) >= 0]
+    assert not alive, "the cell's process outlived the run"
+    assert "long-maml" not in set(read_rows(tmp_path / "suite" / "rows.csv").cell)
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_ctrl_c_in_a_cell_keeps_its_checkpoint_and_resumes(suite_file, uninterrupted, tmp_path, monkeypatch, capsys):

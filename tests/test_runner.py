@@ -95,18 +95,24 @@ def test_checkpoint_of_another_config_is_not_reused(tmp_path):
     cell = tiny_cell()
     run(cell, tmp_path)
     other = replace(cell, learner=replace(cell.learner, meta_lr=0.02))
-    commit = provenance.git_commit()
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, other), other, commit) is None
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, commit)["iteration"] == 6
+    code, device = provenance.code_state(exclude=tmp_path), provenance.device_name("cpu")
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, other), other, code, device) is None
+    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, code, device)["iteration"] == 6
 
 
-def test_checkpoint_of_another_commit_is_not_resumed(tmp_path, capsys):
-    """Else a finished cell's checkpoint, rerun after a code change, would skip training and report old work as new."""
+def test_checkpoint_of_other_code_or_device_is_not_resumed(tmp_path, capsys):
+    """Else a finished cell's checkpoint, rerun after a code change, would skip training and report old work
+    as new; and a cell resumed with another thread count would time its steps on two setups under one name."""
     cell = tiny_cell()
+    device = provenance.device_name("cpu")
     run(cell, tmp_path, git={"git_commit": "0ld", "git_dirty": False})
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, "0ld")["iteration"] == 6
-    assert runner.load_checkpoint(runner.checkpoint_path(tmp_path, cell), cell, "new") is None
-    assert "written at git commit 0ld, not this checkout's new" in capsys.readouterr().err
+    path = runner.checkpoint_path(tmp_path, cell)
+    assert runner.load_checkpoint(path, cell, "0ld", device)["iteration"] == 6
+    assert runner.load_checkpoint(path, cell, "new", device) is None
+    assert "written by code at 0ld, not this checkout's new" in capsys.readouterr().err
+    assert runner.load_checkpoint(path, cell, "0ld+1234abcd", device) is None  # same commit, uncommitted edits
+    assert runner.load_checkpoint(path, cell, "0ld", "cpu: Other CPU (7 threads)") is None
+    assert f"was written on {device}, not cpu: Other CPU (7 threads)" in capsys.readouterr().err
     row = run(cell, tmp_path, git={"git_commit": "new", "git_dirty": False})
     assert "resuming" not in capsys.readouterr().err and row["git_commit"] == "new"
     assert len(read_rows(tmp_path / "t" / "rows.csv")) == 1  # the new row replaced the old one
@@ -186,7 +192,7 @@ def test_tracker_hooks_are_called_and_a_failing_tracker_loses_nothing(tmp_path, 
         def finish(self, row):
             events.append(("finish", row["cell"]))
 
-    def start(config, suite, cell, mode):
+    def start(config, suite, cell, mode, run_id=None):
         events.append(("start", suite, cell, mode, config["learner"]["algorithm"]))
         return Fake()
 
@@ -199,6 +205,21 @@ def test_tracker_hooks_are_called_and_a_failing_tracker_loses_nothing(tmp_path, 
 
     def broken(*args):
         raise RuntimeError("wandb: not logged in")
+
+    # Cut short after 4 iterations, then resumed: the same wandb run id, and the new (offline) run
+    # gets the whole curve, replayed, before it goes on.
+    events.clear()
+    ids = []
+    monkeypatch.setattr(tracking, "start_cell", lambda config, suite, cell, mode, run_id=None: ids.append(run_id) or Fake())
+    calls = {"n": 0}
+    real_deadline = runner.past_deadline
+    monkeypatch.setattr(runner, "past_deadline", lambda deadline: (calls.__setitem__("n", calls["n"] + 1), calls["n"] > 4)[1])
+    runner.run_cell(tiny_cell(), tmp_path / "c", wandb="offline", deadline=1.0)
+    monkeypatch.setattr(runner, "past_deadline", real_deadline)
+    runner.run_cell(tiny_cell(), tmp_path / "c", wandb="offline")
+    assert len(ids) == 2 and ids[0] == ids[1] and len(ids[0]) == 8
+    logged = [e[1] for e in events if e[0] == "log"]
+    assert logged == [1, 2, 3, 4] + [1, 2, 3, 4, 5, 6]
 
     monkeypatch.setattr(tracking, "start_cell", broken)
     row = runner.run_cell(tiny_cell(), tmp_path / "b", wandb="online")
