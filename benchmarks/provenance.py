@@ -37,8 +37,10 @@ def git_commit() -> str:
 
 
 def _code_paths(exclude: str | os.PathLike | None) -> list[str]:
-    """A git pathspec for the code: the whole tree except ``results/`` and ``exclude`` (a run's output folder)."""
-    spec = ["--", ".", ":(exclude)results"]
+    """A git pathspec for the code: the whole tree except ``results/``, Markdown files and ``exclude`` (a run's
+    output folder). ``make benchmark`` rewrites README.md's results section: that must not make its rerun
+    (to finish cells a budget cut) start every cell afresh."""
+    spec = ["--", ".", ":(exclude)results", ":(exclude)*.md"]
     if exclude is not None:
         try:
             spec.append(f":(exclude){Path(exclude).resolve().relative_to(REPO_ROOT.resolve()).as_posix()}")
@@ -50,8 +52,8 @@ def _code_paths(exclude: str | os.PathLike | None) -> list[str]:
 def git_dirty(exclude: str | os.PathLike | None = None) -> bool | str:
     """True when the code differs from HEAD (``git status --porcelain``, untracked included); empty if unknown.
 
-    ``results/`` and ``exclude`` (the run's output folder) are left out: rows written by
-    this or earlier runs are data, not code.
+    ``results/``, Markdown files and ``exclude`` (the run's output folder) are left out: rows
+    written by this or earlier runs, and the documentation regenerated from them, are not code.
     """
     out = _git("status", "--porcelain", *_code_paths(exclude))
     if out is None:  # not a checkout: what the GPU script recorded, else unknown
