@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from datasets.tasks import INDEX_LIMIT, SEED_LIMIT, stream_key
+from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT, stream_key
 
 from .base import check_output_size, task_loss
 from .minibatch import cycle_minibatches
@@ -63,9 +63,9 @@ class EvalConfig:
     def validate(self) -> "EvalConfig":
         """Raise ValueError naming the bad field; returns self for chaining."""
         if not 1 <= self.num_tasks <= INDEX_LIMIT:
-            raise ValueError(f"num_tasks must be in [1, 2**24], got {self.num_tasks}")
+            raise ValueError(f"num_tasks must be in [1, 2**{INDEX_BITS}], got {self.num_tasks}")
         if not 0 <= self.seed < SEED_LIMIT:
-            raise ValueError(f"seed must be an integer in [0, 256), got {self.seed}")
+            raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {self.seed}")
         if self.query < 1:
             raise ValueError(f"query must be >= 1 (examples per class to score), got {self.query}")
         if self.inner_steps < 0:

@@ -18,7 +18,7 @@ from typing import Any
 
 from algorithms.base import MetaConfig
 from algorithms.evaluation import EvalConfig
-from datasets.tasks import INDEX_LIMIT, SEED_LIMIT
+from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
 MAML_FAMILY = ("maml", "fomaml")
@@ -109,10 +109,10 @@ class CellConfig:
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
         if self.seed >= SEED_LIMIT:
-            raise ValueError(f"{where}: seed must be < 256, got {self.seed}")
+            raise ValueError(f"{where}: seed must be < {SEED_LIMIT}, got {self.seed}")
         if self.meta_iterations * self.meta_batch > INDEX_LIMIT:
             raise ValueError(f"{where}: meta_iterations x meta_batch = {self.meta_iterations * self.meta_batch} training "
-                             "tasks; task indices stop at 2**24: lower meta_iterations or meta_batch")
+                             f"tasks; task indices stop at 2**{INDEX_BITS}: lower meta_iterations or meta_batch")
         if self.learner.algorithm in MAML_FAMILY and self.train_query < 1:
             raise ValueError(f"{where}: {self.learner.algorithm} needs train_query >= 1 (its outer loss is a query loss)")
         if self.eval.num_tasks < 0:

@@ -181,7 +181,7 @@ def compile_contenders(name: str, model, batches) -> dict:
     return out
 
 
-def time_round_robin(fns: dict, repeats: int, device: str, clock=time.thread_time) -> dict[str, dict[str, float]]:
+def time_round_robin(fns: dict, repeats: int, device: str, clock) -> dict[str, dict[str, float]]:
     """{contender: {"median": s, "min": s}}; every repeat runs each contender once, in turn, timed by ``clock``."""
     for k, f in list(fns.items()):  # warm-up (and compilation) outside the timings
         try:

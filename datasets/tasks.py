@@ -59,7 +59,8 @@ class TaskBatch:
 
 SEED_LIMIT = 2**8
 """Seeds are integers in [0, SEED_LIMIT)."""
-INDEX_LIMIT = 2**24
+INDEX_BITS = 24
+INDEX_LIMIT = 2**INDEX_BITS
 """Task indices are integers in [0, INDEX_LIMIT): 16.7M tasks, 8x the most a paper setting draws (MAML's 60,000 x 32)."""
 
 
@@ -74,9 +75,9 @@ def stream_key(seed: int, index: int) -> int:
     """
     seed, index = int(seed), int(index)
     if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed {seed} is out of range: seeds are integers in [0, 256)")
+        raise ValueError(f"seed {seed} is out of range: seeds are integers in [0, {SEED_LIMIT})")
     if not 0 <= index < INDEX_LIMIT:
-        raise ValueError(f"task index {index} is out of range: task indices are integers in [0, 2**24)")
+        raise ValueError(f"task index {index} is out of range: task indices are integers in [0, 2**{INDEX_BITS})")
     return seed * INDEX_LIMIT + index
 
 
