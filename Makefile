@@ -4,8 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch 2.13.0 is the CPU build on this project's machines; GPU users: see README "GPU".
 TORCH_SPEC ?= torch==2.13.0
-OMNIGLOT_ROOT ?= ../shared/data/omniglot
-export OMNIGLOT_ROOT
+# Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
 .PHONY: setup test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
@@ -28,9 +27,9 @@ perf: setup
 	mkdir -p results/perf
 	$(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
 	mkdir -p results/limits
-	$(PY) -m benchmarks.limits --compile --json results/limits/cpu.json
-	$(PY) -m benchmarks.limits --only maml-5 maml-1 --no-memory --threads $(CPU_THREADS) --json results/limits/cpu_all_threads.json
-	$(PY) -m benchmarks.readme
+	$(PY) -m benchmarks.perf.limits --compile --json results/limits/cpu.json
+	$(PY) -m benchmarks.perf.limits --only maml-5 maml-1 --no-memory --threads $(CPU_THREADS) --json results/limits/cpu_all_threads.json
+	$(PY) -m benchmarks.reporting.readme
 
 benchmark: setup
 	$(PY) -m benchmarks.cli run --suite default --max-minutes 28
@@ -39,22 +38,22 @@ benchmark: setup
 # Tables, plots and the README results section, regenerated from results/*/rows.csv alone.
 paper-tables: setup
 	$(PY) -m benchmarks.cli tables
-	$(PY) -m benchmarks.readme
+	$(PY) -m benchmarks.reporting.readme
 
-# The one prepared GPU script and its procedure (see the header of benchmarks/gpu_results.sh):
+# The one prepared GPU script and its procedure (see the header of benchmarks/gpu/results.sh):
 # gpu-rehearsal (CPU, ~2 min) and gpu-prepare here, one device call, then gpu-import here.
 gpu-results: setup
-	PYTHON=$(PY) bash benchmarks/gpu_results.sh
+	PYTHON=$(PY) bash benchmarks/gpu/results.sh
 
 gpu-rehearsal: setup
-	PYTHON=$(PY) bash benchmarks/gpu_results.sh --rehearse
+	PYTHON=$(PY) bash benchmarks/gpu/results.sh --rehearse
 
 gpu-prepare: setup
-	PYTHON=$(PY) bash benchmarks/gpu_results.sh --prepare
+	PYTHON=$(PY) bash benchmarks/gpu/results.sh --prepare
 
 gpu-import: setup
 	@test -n "$(GPU_FILES)" -a -n "$(CARD)" || { echo "usage: make gpu-import GPU_FILES=<folder of the device call's files> CARD=h100 [FORCE=1]" >&2; exit 2; }
-	$(PY) -m benchmarks.gpu_bundle import --files "$(GPU_FILES)" --card "$(CARD)" $(if $(FORCE),--force)
+	$(PY) -m benchmarks.gpu.bundle import --files "$(GPU_FILES)" --card "$(CARD)" $(if $(FORCE),--force)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -36,7 +36,7 @@ inner step's graph is alive at a time, so autograd memory does not grow with
 K. The price is one extra support forward/backward per inner step except the
 last (whose graph is built once and reused). ``BatchedMAML(..., unrolled=True)``
 back-propagates through one unrolled graph per chunk instead (no
-recomputation; memory grows with K). ``python -m benchmarks.limits`` measures
+recomputation; memory grows with K). ``python -m benchmarks.perf.limits`` measures
 both against ``higher``: time and autograd-held bytes.
 
 Reptile with ``persist_inner_state=True`` and Adam carries one optimiser's

@@ -23,7 +23,7 @@ is a pure win), and ``loop`` for conv nets on CPU: on this project's 2-core
 CPU (one thread, Omniglot net, 5 tasks, forward+backward) the grouped version
 measured on par at 10 images per task but 1.4x slower at 25 and 2.0x slower at
 75 than the per-task loop (im2col + bmm was slower still);
-``python -m benchmarks.limits`` times the batched learners in both modes.
+``python -m benchmarks.perf.limits`` times the batched learners in both modes.
 
 The inner optimisers are functional and update all tasks at once (one kernel
 per parameter tensor for the whole meta-batch): ``sgd_`` (``torch._foreach_*``)

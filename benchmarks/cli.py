@@ -5,7 +5,7 @@
     python -m benchmarks.cli list                            # suites and their cells
     python -m benchmarks.cli tables [--results results]      # paper tables + plots from the rows
 
-``run`` starts one child process per cell (``python -m benchmarks.runner``) so the
+``run`` starts one child process per cell (``python -m benchmarks.running.runner``) so the
 CPU peak-RSS column measures that cell alone. Cells whose row is already complete
 (same config hash) at this git commit are skipped; an interrupted cell resumes from its
 checkpoint. Rows of another commit (the committed results, in a fresh clone) are run
@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from datasets.tasks import SEED_LIMIT
 
-from . import provenance
-from .results import ROWS_FILE, completed_hashes
-from .runner import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_MISSING_DATA, quiet
-from .suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
+from benchmarks.records import provenance
+from benchmarks.records.rows import ROWS_FILE, completed_hashes
+from benchmarks.running.runner import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_MISSING_DATA, quiet
+from benchmarks.running.suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
 
 
 class UsageError(Exception):
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             not_started.append(cell.cell)
             continue
         bar.set_postfix_str(cell.cell)
-        cmd = [sys.executable, "-m", "benchmarks.runner", "--cell-json", cell.to_json(), "--out", str(out),
+        cmd = [sys.executable, "-m", "benchmarks.running.runner", "--cell-json", cell.to_json(), "--out", str(out),
                "--wandb", args.wandb, "--command", command, "--git-json", git]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
@@ -174,17 +174,14 @@ def list_suites(args: argparse.Namespace) -> int:
 
 
 def tables(args: argparse.Namespace) -> int:
-    """Render tables (``benchmarks.tables.main``) and plots (``benchmarks.plots.main``) from the rows."""
+    """Render tables (``benchmarks.reporting.tables.main``) and plots (``benchmarks.reporting.plots.main``) from the rows."""
     results = Path(args.results)
     if not results.is_dir():
         raise UsageError(f"no results folder at {results}; run `python -m benchmarks.cli run --suite NAME` first")
-    for module in ("tables", "plots"):
-        try:
-            mod = __import__(f"benchmarks.{module}", fromlist=["main"])
-        except ImportError as e:
-            raise UsageError(f"benchmarks/{module}.py cannot be imported ({e}); it renders the {module}") from None
-        written = mod.main(results)
-        for path in written or []:
+    from benchmarks.reporting import plots, tables as table_files
+
+    for module in (table_files, plots):
+        for path in module.main(results) or []:
             print(f"wrote {path}")
     return 0
 

@@ -8,8 +8,8 @@ file in the same folder, then ``os.replace``), and each failure raises a
 
 Environment variables:
     REPTILE_BENCH_OFFLINE=1   never download (tests set it); missing files raise instead.
-    REPTILE_BENCH_CACHE=DIR   where caches go when the data folder is read-only
-                              (default ~/.cache/reptile-bench).
+    REPTILE_BENCH_CACHE=DIR   where preprocessing caches go (default $XDG_CACHE_HOME/reptile-bench,
+                              else ~/.cache/reptile-bench); the data folder is never written to.
 """
 from __future__ import annotations
 
@@ -179,32 +179,32 @@ def download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 60.0)
     return dest
 
 
-def cache_dir_for(data_root: str | os.PathLike) -> Path:
-    """The data folder itself when writable, else ${REPTILE_BENCH_CACHE:-~/.cache/reptile-bench}."""
-    root = Path(data_root)
-    # os.access alone says yes to root for a folder marked read-only (r-x), as
-    # the shared data folder is; the mode bits state the owner's intent.
-    if root.is_dir() and os.access(root, os.W_OK | os.X_OK) and root.stat().st_mode & 0o222:
-        return root
-    return Path(os.environ.get("REPTILE_BENCH_CACHE") or Path.home() / ".cache" / "reptile-bench")
+def default_cache_dir() -> Path:
+    """The one folder every preprocessing cache goes to: $REPTILE_BENCH_CACHE, else
+    $XDG_CACHE_HOME/reptile-bench, else ~/.cache/reptile-bench.
+
+    Never the data folder: writing into a user's data folder surprises people (it may be shared
+    or read-only), and a cache beside the data would make behaviour depend on that folder's permissions.
+    """
+    explicit = os.environ.get("REPTILE_BENCH_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "reptile-bench"
 
 
 def cache_file(data_root: str | os.PathLike, name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the cache ``name`` of the data in ``data_root`` lives.
 
-    ``cache_dir`` if given; else beside the data when that folder is writable;
-    else in the shared cache folder, tagged with a hash of the data folder's
-    path so that each data folder has its own cache there (a folder without
-    its data files then fails loudly instead of reusing another's cache).
+    ``cache_dir`` if given, else the shared cache folder (``default_cache_dir()``), the name tagged with a hash
+    of the data folder's path so that each data folder has its own cache there (a folder without its
+    data files then fails loudly instead of reusing another's cache).
     """
     if cache_dir is not None:
         return Path(cache_dir) / name
-    folder = cache_dir_for(data_root)
-    if folder == Path(data_root):
-        return folder / name
     tag = hashlib.sha1(str(Path(data_root).resolve()).encode()).hexdigest()[:10]
     stem, dot, suffix = name.partition(".")
-    return folder / f"{stem}-{tag}{dot}{suffix}"
+    return default_cache_dir() / f"{stem}-{tag}{dot}{suffix}"
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping, compress: bool = True) -> Path:

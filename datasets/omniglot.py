@@ -26,9 +26,10 @@ and strokes 0.0 (MAML's code inverts them; with batch norm after the first
 convolution this is close to a change of sign of the first-layer weights).
 
 Preprocessing runs once per split; the result is cached as a compressed .npz
-of uint8 beside the zips, or in $REPTILE_BENCH_CACHE when that folder is
-read-only (see ``datasets.archive``). The cache records the zips' checksums;
-once built, loading needs only the cache file (the zips may be moved away).
+of uint8 in the cache folder ($REPTILE_BENCH_CACHE, else
+$XDG_CACHE_HOME/reptile-bench or ~/.cache/reptile-bench; see ``datasets.archive``),
+never beside the zips. The cache records the zips' checksums; once built,
+loading needs only the cache file (the zips may be moved away).
 """
 from __future__ import annotations
 

@@ -139,22 +139,17 @@ def test_damaged_cache_reads_as_absent_with_warning(tmp_path, damage):
         assert archive.load_npz_checked(path, {"v": 1}) is None
 
 
-def test_cache_goes_beside_writable_data_else_to_env_folder(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    assert archive.cache_dir_for(data) == data
+def test_cache_folder_is_env_then_xdg_then_home_and_never_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("REPTILE_BENCH_CACHE", str(tmp_path / "cache"))
-    data.chmod(0o555)  # read-only by its mode, even for root (who runs CI here)
-    try:
-        assert archive.cache_dir_for(data) == tmp_path / "cache"
-    finally:
-        data.chmod(0o755)
-    # Simulate a read-only data folder (chmod does not stop root, who runs CI here).
-    monkeypatch.setattr(archive.os, "access", lambda path, mode: False)
-    assert archive.cache_dir_for(data) == tmp_path / "cache"
-    assert archive.cache_dir_for(tmp_path / "missing") == tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert archive.default_cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("REPTILE_BENCH_CACHE")
-    assert archive.cache_dir_for(data) == Path.home() / ".cache" / "reptile-bench"
+    assert archive.default_cache_dir() == tmp_path / "xdg" / "reptile-bench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert archive.default_cache_dir() == Path.home() / ".cache" / "reptile-bench"
+    data = tmp_path / "data"
+    data.mkdir()  # writable: still not used
+    assert archive.cache_file(data, "x.npz").parent == Path.home() / ".cache" / "reptile-bench"
 
 
 def test_download_verifies_then_renames(tmp_path):
@@ -186,5 +181,5 @@ def test_cache_file_keeps_data_folders_apart_in_the_shared_cache(tmp_path, monke
     assert a.parent == b.parent == tmp_path / "cache" and a != b
     assert a.name.startswith("omniglot-small-v1-") and a.suffix == ".npz"
     (tmp_path / "c").mkdir()
-    assert archive.cache_file(tmp_path / "c", "x.npz") == tmp_path / "c" / "x.npz"
+    assert archive.cache_file(tmp_path / "c", "x.npz").parent == tmp_path / "cache"  # writable data: still the cache
     assert archive.cache_file(tmp_path / "a", "x.npz", cache_dir=tmp_path / "d") == tmp_path / "d" / "x.npz"

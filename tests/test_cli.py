@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import cli
-from benchmarks.results import read_rows
+from benchmarks.records.rows import read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_budget_spent_before_a_cell_starts_lists_it(tmp_path, capsys, monkeypatc
 def test_child_command_carries_budget_threads_and_provenance(tmp_path, monkeypatch):
     import json
 
-    from benchmarks.config import CellConfig
+    from benchmarks.running.config import CellConfig
 
     cmds = []
     monkeypatch.setattr(cli, "run_child", lambda cmd: cmds.append(cmd) or 0)
@@ -173,9 +173,9 @@ def test_only_cells_finished_at_this_commit_on_this_device_are_skipped(tmp_path,
     Nor is a cell done for a run with another thread count, or for code with uncommitted changes."""
     from dataclasses import replace
 
-    from benchmarks import provenance
-    from benchmarks.results import COLUMNS, SCHEMA_VERSION, write_row
-    from benchmarks.suites import load_suite
+    from benchmarks.records import provenance
+    from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, write_row
+    from benchmarks.running.suites import load_suite
 
     commit = "c" * 40
     monkeypatch.setattr(provenance, "git_state", lambda exclude=None: {

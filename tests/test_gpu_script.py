@@ -1,9 +1,9 @@
-"""The prepared GPU script (benchmarks/gpu_results.sh) and its helpers, checked on CPU.
+"""The prepared GPU script (benchmarks/gpu/results.sh) and its helpers, checked on CPU.
 
     OMNIGLOT_ROOT=../shared/data/omniglot .venv/bin/python -m pytest -q tests/test_gpu_script.py
 
 - shell syntax (``bash -n``) and the dry-run listing of every step, in GPU and rehearsal modes;
-- benchmarks.gpu_cells: the fair split, exact cell patterns, the rehearsal copy of the suite;
+- benchmarks.gpu.cells: the fair split, exact cell patterns, the rehearsal copy of the suite;
 - end to end: the rehearsal mode with a ~45 s budget (one scaling cell, one paper cell with 4
   evaluation tasks), then the bundle it leaves in OUT (at most 8 flat files, rows of the result
   schema, the table printed last) and ``gpu_bundle import`` of that bundle into a temporary
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gpu_bundle, gpu_cells
-from benchmarks.results import COLUMNS, CURVE_COLUMNS, read_curves, read_rows
-from benchmarks.suites import load_suite, select
+from benchmarks.gpu import bundle as gpu_bundle, cells as gpu_cells
+from benchmarks.records.rows import COLUMNS, CURVE_COLUMNS, read_curves, read_rows
+from benchmarks.running.suites import load_suite, select
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "gpu_results.sh"
+SCRIPT = REPO / "benchmarks" / "gpu" / "results.sh"
 SUITE = "gpu-omniglot-small"
 
 
@@ -41,7 +41,7 @@ def test_dry_run_lists_every_step(mode):
     for step in ("scaling", "perf", "limits", "paper", "bundle"):
         assert f"[dry-run] {step}" in out.stdout, out.stdout
     assert "'--device' '" + ("cuda" if mode == "gpu" else "cpu") + "'" in out.stdout  # printed shell-quoted
-    assert 'run(command="bash benchmarks/gpu_results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)' in out.stdout
+    assert 'run(command="bash benchmarks/gpu/results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)' in out.stdout
 
 
 def test_bad_argument_is_refused():
@@ -131,7 +131,7 @@ def test_rehearsal_end_to_end(rehearsal):
     assert "== steps" in prov and "== summary ==" in prov and "omniglot-small-5w1s-fomaml-batched-trans" in prov
     # The table is the last thing printed before the closing line.
     tail = proc.stdout.strip().splitlines()
-    assert tail[-1].startswith("gpu_results.sh: rehearse run done") and "step time" in "\n".join(tail[-6:])
+    assert tail[-1].startswith("results.sh: rehearse run done") and "step time" in "\n".join(tail[-6:])
 
 
 @pytest.mark.slow

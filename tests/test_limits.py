@@ -12,8 +12,8 @@ import json
 import pytest
 import torch
 
-from benchmarks import limits
-from benchmarks.readme import limits_lines
+from benchmarks.perf import limits
+from benchmarks.reporting.readme import limits_lines
 
 
 @pytest.mark.parametrize("threads, clock, skip_memory", [(1, "thread CPU time", []), (2, "wall time", ["--no-memory"])])

@@ -96,17 +96,19 @@ def test_registry_reads_root_from_env_and_cache_records_checksums(omniglot_root,
     pool = load_pool("omniglot", "small", "test")
     assert pool.num_classes == 106
     cache = omniglot.archive.cache_file(omniglot_root, "omniglot-small-v1.npz")
-    assert cache.parent == hermetic_cache  # the shared data folder is read-only: nothing written there
+    assert cache.parent == hermetic_cache  # the cache folder, whatever the data folder's permissions
     assert cache.is_file()
+    assert not any(p.suffix == ".npz" for p in omniglot_root.iterdir())  # nothing written beside the zips
     with np.load(cache) as npz:
         meta = str(npz["_meta"])
     assert CHECKSUMS[SMALL1] in meta and CHECKSUMS[SMALL2] in meta
 
 
-def test_cache_is_written_beside_writable_data_and_rebuilt_when_corrupted(omniglot_root, tmp_path):
+def test_cache_is_never_written_beside_writable_data_and_is_rebuilt_when_corrupted(omniglot_root, tmp_path):
     root = copy_small(omniglot_root, tmp_path / "omni")
     first = load_omniglot("small", "test", root, download=False)
-    cache = root / "omniglot-small-v1.npz"
+    assert sorted(p.name for p in root.iterdir()) == [SMALL1, SMALL2]  # a writable data folder is left alone too
+    cache = omniglot.archive.cache_file(root, "omniglot-small-v1.npz")
     assert cache.is_file() and cache.stat().st_size < 1_000_000
     cache.write_bytes(cache.read_bytes()[:1000])  # truncated
     with pytest.warns(UserWarning, match="unreadable"):
@@ -127,6 +129,8 @@ def test_interrupted_build_leaves_no_cache(omniglot_root, tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         load_omniglot("small", "train", root, download=False)
     assert sorted(p.name for p in root.iterdir()) == [SMALL1, SMALL2]
+    cache = omniglot.archive.cache_file(root, "omniglot-small-v1.npz")
+    assert not cache.exists() and not list(cache.parent.glob(f".{cache.name}.*"))  # no partial cache, no temp file
 
 
 # ---- the paper split ----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 from PIL import Image
 
-from benchmarks import plots
-from benchmarks.results import CURVE_COLUMNS, write_csv_atomic
+from benchmarks.reporting import plots
+from benchmarks.records.rows import CURVE_COLUMNS, write_csv_atomic
 from test_tables import fake_row, write_suite
 
 

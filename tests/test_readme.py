@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks import readme, tables
+from benchmarks.reporting import readme, tables
 from test_tables import REPO, fake_row, write_suite
 
 BEFORE = "# Project\n\nIntro text.\n\n## Results\n\n"
@@ -18,7 +18,7 @@ AFTER = "\n## Licence\n\nMIT\n"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmarks.readme", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "benchmarks.reporting.readme", *args], cwd=REPO, capture_output=True,
                           text=True)
 
 
@@ -80,7 +80,7 @@ def test_missing_markers_fail_clearly(project):
 
 
 def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
-    """`benchmarks.limits --json` output becomes a table of time / floor, with its device on every line."""
+    """`benchmarks.perf.limits --json` output becomes a table of time / floor, with its device on every line."""
     results = tmp_path / "results"
     (results / "limits").mkdir(parents=True)
     report = {"device": "cpu: Test CPU (1 thread)", "timings": {"reptile": {
@@ -88,7 +88,7 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
         "floor (loop)": {"median": 0.100, "min": 0.09}, "floor (batched)": {"median": 0.1, "min": 0.09}}},
         "memory": {"5": {"reference": 40 * 2**20, "batched": 10 * 2**20, "batched-unrolled": 40 * 2**20}}}
     (results / "limits" / "cpu.json").write_text(json.dumps(report))
-    from benchmarks.readme import limits_lines
+    from benchmarks.reporting.readme import limits_lines
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
@@ -110,6 +110,6 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
 
 def test_durations_keep_three_significant_digits():
-    from benchmarks.readme import _duration
+    from benchmarks.reporting.readme import _duration
 
     assert [_duration(s) for s in (1.0023, 0.99999, 0.1523, 4e-4, 2e-9)] == ["1.00 s", "1.00 s", "152 ms", "400 µs", "2.00 ns"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmarks import results
-from benchmarks.results import COLUMNS, SCHEMA_VERSION, ResultsFormatError, read_rows, write_curves, write_row
+from benchmarks.records import rows as results
+from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, ResultsFormatError, read_rows, write_curves, write_row
 
 
 CLEAN = {"git_commit": "c0ffee", "git_dirty": False}

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks import provenance
-from benchmarks.results import read_curves, read_rows
+from benchmarks.records import provenance
+from benchmarks.records.rows import read_curves, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = """
@@ -142,8 +142,8 @@ def test_ctrl_c_in_a_cell_keeps_its_checkpoint_and_resumes(suite_file, uninterru
     and ends where the uninterrupted run did."""
     import torch
     from algorithms.maml import MAML
-    from benchmarks import runner
-    from benchmarks.suites import load_suite
+    from benchmarks.running import runner
+    from benchmarks.running.suites import load_suite
 
     torch.set_num_threads(1)
     short = replace(load_suite(str(suite_file))[0], checkpoint_every=2)

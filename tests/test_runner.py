@@ -12,9 +12,10 @@ import torch
 
 from algorithms import MetaConfig, build_learner, build_model
 from algorithms.evaluation import EvalConfig
-from benchmarks import measure, provenance, runner
-from benchmarks.config import CellConfig
-from benchmarks.results import COLUMNS, read_curves, read_rows
+from benchmarks.records import provenance
+from benchmarks.running import measure, runner
+from benchmarks.running.config import CellConfig
+from benchmarks.records.rows import COLUMNS, read_curves, read_rows
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -181,7 +182,7 @@ def test_main_rejects_bad_cell_json(capsys):
 
 
 def test_tracker_hooks_are_called_and_a_failing_tracker_loses_nothing(tmp_path, monkeypatch):
-    from benchmarks import tracking
+    from benchmarks.running import tracking
 
     events = []
 
@@ -228,7 +229,7 @@ def test_tracker_hooks_are_called_and_a_failing_tracker_loses_nothing(tmp_path, 
 
 def test_smoke_suite_omniglot_cells_end_to_end(omniglot_root, tmp_path, monkeypatch):
     """Every algorithm on Omniglot-small through the real loader, in-process (the CLI adds only processes)."""
-    from benchmarks.suites import load_suite
+    from benchmarks.running.suites import load_suite
 
     monkeypatch.setenv("OMNIGLOT_ROOT", str(omniglot_root))
     rows = {c.learner.algorithm: run(c, tmp_path) for c in load_suite("smoke") if c.dataset == "omniglot"}
@@ -243,7 +244,7 @@ def test_smoke_suite_omniglot_cells_end_to_end(omniglot_root, tmp_path, monkeypa
 def test_provenance_git_state_ignores_results_and_docs(tmp_path, monkeypatch):
     import subprocess
 
-    from benchmarks import provenance
+    from benchmarks.records import provenance
 
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
     subprocess.run([*git, "init", "-q"], check=True)
@@ -268,7 +269,7 @@ def test_provenance_git_state_ignores_results_and_docs(tmp_path, monkeypatch):
 
 
 def test_command_line_is_retypeable():
-    from benchmarks import provenance
+    from benchmarks.records import provenance
 
     argv = [str(provenance.REPO_ROOT / "benchmarks" / "cli.py"), "run", "--suite", "default", "--cells", "a b"]
     assert provenance.command_line(argv) == "python -m benchmarks.cli run --suite default --cells 'a b'"

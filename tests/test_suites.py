@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 
-from benchmarks.config import CellConfig
+from benchmarks.running.config import CellConfig
 from benchmarks import cli
-from benchmarks.suites import SuiteError, available_suites, load_suite, select
+from benchmarks.running.suites import SuiteError, available_suites, load_suite, select
 
 REPO = Path(__file__).resolve().parent.parent
 

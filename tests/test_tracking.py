@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import tracking
+from benchmarks.running import tracking
 
 BLOCK = 32 * 1024
 

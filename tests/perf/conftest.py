@@ -2,7 +2,7 @@
 
     .venv/bin/python -m pytest -q tests/perf --benchmark-only --perf-device cuda
 
-(``benchmarks/gpu_results.sh`` passes it on GPU machines.) The sampler benchmark
+(``benchmarks/gpu/results.sh`` passes it on GPU machines.) The sampler benchmark
 is CPU-side by nature and ignores it.
 """
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Skipped by ``make test`` (pytest's addopts carry ``--benchmark-skip``); run with
 
     make perf      # = pytest tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
-                   #   then python -m benchmarks.limits (floors, ratios, memory)
+                   #   then python -m benchmarks.perf.limits (floors, ratios, memory)
     .venv/bin/python -m pytest -q tests/perf/test_meta_step.py --benchmark-only --perf-device cuda
 
-Settings are ``benchmarks.limits.SETTINGS`` (meta-batch 5; Reptile: 10 shots,
+Settings are ``benchmarks.perf.limits.SETTINGS`` (meta-batch 5; Reptile: 10 shots,
 5 inner Adam steps on minibatches of 10; FOMAML/MAML: 5 shots + 15 queries per
 class, 5 inner steps at alpha 0.1, and the MAML paper's 1 step at alpha 0.4).
 Tasks come from the small Omniglot split when it loads, else from random
@@ -22,8 +22,8 @@ import torch
 
 from algorithms import MetaConfig, build_learner
 from algorithms.models import OmniglotCNN
-from benchmarks.limits import SETTINGS, T, WAYS, task_source
-from benchmarks.provenance import device_name
+from benchmarks.perf.limits import SETTINGS, T, WAYS, task_source
+from benchmarks.records.provenance import device_name
 
 
 @pytest.fixture(scope="module")

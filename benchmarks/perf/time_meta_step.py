@@ -9,8 +9,8 @@ Each row is the median over ``--steps`` meta-steps after ``--warmup`` untimed on
 full-width reference network (OmniglotCNN, 64 filters). Images are random 28x28 tensors in
 a ClassPool of Omniglot's shape: pixel values do not change the work done.
 
-    .venv/bin/python -m benchmarks.time_meta_step                 # CPU, 1 thread
-    .venv/bin/python -m benchmarks.time_meta_step --device cuda   # synchronises around each step
+    .venv/bin/python -m benchmarks.perf.time_meta_step                 # CPU, 1 thread
+    .venv/bin/python -m benchmarks.perf.time_meta_step --device cuda   # synchronises around each step
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 
 from algorithms import MetaConfig, build_learner
 from algorithms.models import OmniglotCNN
-from benchmarks.measure import StepTimes
+from benchmarks.running.measure import StepTimes
 from datasets.tasks import ClassPool
 
 

@@ -1,8 +1,8 @@
 """Run a suite's cells one at a time before a hard deadline, giving each a fair share of the time left.
 
-Used by ``benchmarks/gpu_results.sh`` for the paper protocol (section (c)):
+Used by ``benchmarks/gpu/results.sh`` for the paper protocol (section (c)):
 
-    python -m benchmarks.gpu_cells --suite gpu-omniglot-small --out WORK/results --device cuda \
+    python -m benchmarks.gpu.cells --suite gpu-omniglot-small --out WORK/results --device cuda \
         --deadline UNIX_TIME --tail reptile=45,fomaml=12,maml=12 [--eval-tasks N] [--log FILE]
 
 Each cell is one ``python -m benchmarks.cli run --cells <that cell> --max-minutes W`` call.
@@ -41,9 +41,9 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from .table_format import write_text_atomic
-from .results import ROWS_FILE, read_rows_or_empty
-from .suites import load_suite, suite_name, suite_path
+from benchmarks.reporting.table_format import write_text_atomic
+from benchmarks.records.rows import ROWS_FILE, read_rows_or_empty
+from benchmarks.running.suites import load_suite, suite_name, suite_path
 
 ALG_ORDER = {"reptile": 0, "fomaml": 1, "maml": 2}
 
@@ -129,7 +129,7 @@ def rehearsal_suite(name: str, tasks: int, folder: Path) -> Path:
     spec.setdefault("defaults", {})["curve_tasks"] = min(spec.get("defaults", {}).get("curve_tasks", tasks), tasks)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{suite_name(name)}.toml"
-    write_text_atomic(path, f"# Written by benchmarks.gpu_cells --eval-tasks {tasks} from suite {name}: rehearsal only.\n"
+    write_text_atomic(path, f"# Written by benchmarks.gpu.cells --eval-tasks {tasks} from suite {name}: rehearsal only.\n"
                       + toml_dumps(spec))
     return path
 
@@ -166,7 +166,7 @@ def run_cell(cmd: list[str], hard_s: float) -> int:
     try:
         return proc.wait(timeout=max(1.0, hard_s))
     except subprocess.TimeoutExpired:
-        print(f"gpu_cells: hard limit {hard_s:.0f} s reached, killing {shlex.join(cmd[-8:])}", file=sys.stderr)
+        print(f"gpu.cells: hard limit {hard_s:.0f} s reached, killing {shlex.join(cmd[-8:])}", file=sys.stderr)
         kill_group(proc)
         return 124
     finally:
@@ -174,7 +174,7 @@ def run_cell(cmd: list[str], hard_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_cells", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu.cells", description=__doc__.split("\n\n")[0])
     ap.add_argument("--suite", required=True, help="suite name or .toml path")
     ap.add_argument("--out", required=True, help="results folder passed to the CLI (rows in OUT/<suite>/rows.csv)")
     ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         tail = parse_tail(args.tail)
         suite = str(rehearsal_suite(args.suite, args.eval_tasks, Path(args.out).parent / "suite")) \
             if args.eval_tasks is not None else args.suite
-        from .suites import select
+        from benchmarks.running.suites import select
 
         cells = select(load_suite(suite), args.cells)
     except ValueError as e:
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     lines, failed = [], 0
 
     def log(line: str) -> None:
-        print(f"gpu_cells: {line}", flush=True)
+        print(f"gpu.cells: {line}", flush=True)
         lines.append(line)
         if args.log:
             with open(args.log, "a") as f:

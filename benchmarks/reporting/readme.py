@@ -1,11 +1,11 @@
 """Regenerate README.md's results section from the generated tables and perf JSON.
 
-    python -m benchmarks.readme [--readme README.md] [--results-dir results] [--check]
+    python -m benchmarks.reporting.readme [--readme README.md] [--results-dir results] [--check]
 
 Replaces everything between the lines ``<!-- results:start -->`` and ``<!-- results:end -->`` with:
-the default suite's table (``results/tables/default_suite.md``, written by ``python -m benchmarks.tables``;
+the default suite's table (``results/tables/default_suite.md``, written by ``python -m benchmarks.reporting.tables``;
 every number there has its device), links to the paper tables, comparison and plots, and the
-performance tables from ``results/limits/*.json`` (``benchmarks.limits``) and ``results/perf/*.json``
+performance tables from ``results/limits/*.json`` (``benchmarks.perf.limits``) and ``results/perf/*.json``
 (pytest-benchmark JSON), each line naming its device.
 Nothing outside the markers changes; running it twice changes nothing the second time.
 ``--check`` writes nothing and exits 1 when the section is out of date (for tests and CI).
@@ -19,10 +19,10 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.table_format import write_text_atomic
+from benchmarks.reporting.table_format import write_text_atomic
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-COMMAND = "python -m benchmarks.readme"
+COMMAND = "python -m benchmarks.reporting.readme"
 
 
 class MarkersError(ValueError):
@@ -71,7 +71,7 @@ def perf_lines(perf_dir: Path, readme: Path) -> list[str]:
 
 
 def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
-    """Meta-step time over its forward/backward floor, from ``limits_dir/*.json`` (``python -m benchmarks.limits --json``)."""
+    """Meta-step time over its forward/backward floor, from ``limits_dir/*.json`` (``python -m benchmarks.perf.limits --json``)."""
     lines, mem, comp = [], [], []
     for path in sorted(limits_dir.glob("*.json")):
         try:
@@ -80,7 +80,7 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
             # Older reports carry no clock; the benchmark then used these two.
             clock = data.get("clock") or ("wall time" if device.startswith("cuda") else "thread CPU time")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not `benchmarks.limits --json` output ({e}); regenerate it with `make perf`") from e
+            raise ValueError(f"{path} is not `benchmarks.perf.limits --json` output ({e}); regenerate it with `make perf`") from e
         for setting, med in timings.items():
             floor, ref = med["floor (loop)"]["median"], med["reference"]["median"]
             for name, t in med.items():
@@ -106,7 +106,7 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
         out += ["", "\\* torch.func with `vmap` over tasks gives wrong second derivatives through batch norm "
                 "(`tests/test_func_maml.py`); it is timed only to show what vmap would buy."]
     if comp:
-        out += ["", "torch.compile of the batched learners' forward (first order; `benchmarks.limits --compile`):", "",
+        out += ["", "torch.compile of the batched learners' forward (first order; `benchmarks.perf.limits --compile`):", "",
                 "| Setting | batched | batched + torch.compile | speed-up | Device |", "|---|---|---|---|---|", *comp]
     if mem:
         out += ["", "Second-order MAML memory (CPU: autograd saved-tensor bytes; CUDA: allocator peak):", "",
@@ -144,7 +144,7 @@ def build_section(readme: Path, results_dir: Path) -> str:
     out += [f"- {link}" for link in links] + ([""] if links else [])
     limits = limits_lines(results_dir / "limits", readme)
     if limits:
-        out += ["#### Distance to the hardware floor (`python -m benchmarks.limits`; `make perf`)", "", *limits, ""]
+        out += ["#### Distance to the hardware floor (`python -m benchmarks.perf.limits`; `make perf`)", "", *limits, ""]
     perf = perf_lines(results_dir / "perf", readme)
     if perf:
         out += ["#### Performance micro-benchmarks (pytest-benchmark; `make perf`)", "", *perf, ""]

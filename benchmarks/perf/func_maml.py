@@ -1,11 +1,11 @@
 """Second-order MAML written with torch.func, as timing contenders for the limit benchmark.
 
-    from benchmarks.func_maml import func_meta_gradient
+    from benchmarks.perf.func_maml import func_meta_gradient
     grads = func_meta_gradient(model, batch, inner_lr=0.1, inner_steps=5, vmap_tasks=False)
 
 The textbook torch.func form: ``functional_call`` + ``grad`` for the inner loop,
 ``grad`` of the mean query loss for the outer step (reverse over reverse), the
-tasks either in a Python loop or under ``vmap``. ``python -m benchmarks.limits``
+tasks either in a Python loop or under ``vmap``. ``python -m benchmarks.perf.limits``
 times both beside the higher reference and the batched backend, so the choice
 not to build the batched backend on them is measured, not assumed:
 

@@ -3,7 +3,7 @@
 The CLI (``python -m benchmarks.cli run``) starts this module once per cell, in a
 fresh process, so that the CPU peak-RSS column belongs to that cell alone:
 
-    python -m benchmarks.runner --cell-json '{"suite": "smoke", ...}' --out results
+    python -m benchmarks.running.runner --cell-json '{"suite": "smoke", ...}' --out results
 
 Resuming: a checkpoint ``<out>/<suite>/checkpoints/<cell>-<seed>.pt`` is written
 atomically every ``checkpoint_every`` iterations, at the end of training and when a
@@ -14,7 +14,7 @@ Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed, indices=range(
 meta_batch, (it + 1) * meta_batch))``, a pure function of (seed, iteration), so a
 resumed run computes exactly what an uninterrupted one does.
 
-Measurement (see ``benchmarks/measure.py``): step times around ``meta_step`` only; one
+Measurement (see ``benchmarks/running/measure.py``): step times around ``meta_step`` only; one
 extra outer update on a copy of the learner, on the batch after the last planned one,
 for the autograd bytes; the CPU peak RSS or CUDA allocator peak at the end of the cell.
 ``--threads`` (the CLI passes 1 by default) fixes torch's CPU thread count.
@@ -42,9 +42,10 @@ from algorithms.evaluation import evaluate
 from datasets import MissingDataError, load_pool
 from datasets.archive import atomic_write
 
-from . import measure, provenance
-from .config import CellConfig
-from .results import COLUMNS, CURVES_FILE, ROWS_FILE, SCHEMA_VERSION, write_curves, write_row
+from benchmarks.records import provenance
+from benchmarks.running import measure
+from benchmarks.running.config import CellConfig
+from benchmarks.records.rows import COLUMNS, CURVES_FILE, ROWS_FILE, SCHEMA_VERSION, write_curves, write_row
 
 EXIT_BAD_CONFIG, EXIT_MISSING_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4, 130
 
@@ -95,7 +96,7 @@ def load_checkpoint(path: Path, cell: CellConfig, code_state: str, device: str) 
 
 
 def start_tracker(cell: CellConfig, mode: str, run_id: str | None = None):
-    """``benchmarks.tracking`` hooks when that module exists and tracking is not disabled, else None.
+    """``benchmarks.running.tracking`` hooks when that module exists and tracking is not disabled, else None.
 
     Tracking is a view of the rows, never a reason to lose one: a failing tracker is
     reported and dropped, and the cell goes on.
@@ -103,7 +104,7 @@ def start_tracker(cell: CellConfig, mode: str, run_id: str | None = None):
     if mode == "disabled":
         return None
     try:
-        from . import tracking
+        from benchmarks.running import tracking
 
         return tracking.start_cell(cell.to_dict(), cell.suite, cell.cell, mode, run_id=run_id)
     except Exception as e:  # noqa: BLE001 (any tracking failure, e.g. wandb not logged in for "online")
@@ -245,7 +246,7 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks.runner")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks.running.runner")
     parser.add_argument("--cell-json", required=True, help="the cell's CellConfig as JSON (CellConfig.to_json())")
     parser.add_argument("--out", default="results", help="results folder (rows go to OUT/<suite>/rows.csv)")
     parser.add_argument("--deadline", type=float, default=None, help="stop training at this Unix time (budget)")

@@ -1,6 +1,6 @@
 """Render the result rows as the Reptile paper's tables, beside the published numbers.
 
-    python -m benchmarks.tables [--results-dir results] [--out-dir results/tables] [--published PATH]
+    python -m benchmarks.reporting.tables [--results-dir results] [--out-dir results/tables] [--published PATH]
     (the same as ``python -m benchmarks.cli tables``)
 
 Reads every ``<results-dir>/*/rows.csv`` and writes, atomically, into ``<results-dir>/tables/``:
@@ -11,7 +11,7 @@ Reads every ``<results-dir>/*/rows.csv`` and writes, atomically, into ``<results
 - ``comparison.md``: gradient order, memory and time (scaling sweep) and accuracy (default suite)
   per algorithm, and the sine-regression MSE table.
 - ``default_suite.md``: every default-suite cell with accuracy, memory, time and device
-  (embedded in README.md by ``python -m benchmarks.readme``).
+  (embedded in README.md by ``python -m benchmarks.reporting.readme``).
 
 A pure function of the rows: the same rows give byte-identical files (no dates in the output).
 """
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.results import read_rows
-from benchmarks.table_format import fmt_bytes, fmt_pm, latex_escape, table_latex, table_markdown, write_text_atomic  # noqa: F401
+from benchmarks.records.rows import read_rows
+from benchmarks.reporting.table_format import fmt_bytes, fmt_pm, latex_escape, table_latex, table_markdown, write_text_atomic  # noqa: F401
 
-DEFAULT_PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "reference" / "published.csv"
+DEFAULT_PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
 SKIP_DIRS = {"reference", "tables", "plots", "perf"}
 PAPER_SPLITS = {"omniglot": "paper", "miniimagenet": "ravi"}
 NAMES = {"maml": "MAML", "fomaml": "1st-order MAML", "reptile": "Reptile"}
@@ -316,7 +316,7 @@ def main(results_dir: str | Path = "results", out_dir: str | Path | None = None,
          published: str | Path = DEFAULT_PUBLISHED) -> list[Path]:
     """Write every table file into ``out_dir`` (default ``<results_dir>/tables``); returns their paths."""
     rows, files = load_rows(results_dir)
-    command = "python -m benchmarks.tables" + ("" if str(results_dir) == "results" else f" --results-dir {results_dir}")
+    command = "python -m benchmarks.reporting.tables" + ("" if str(results_dir) == "results" else f" --results-dir {results_dir}")
     texts = render(rows, load_published(published), files, command)
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)

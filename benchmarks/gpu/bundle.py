@@ -1,8 +1,8 @@
 """Bundle a GPU run's outputs into at most 8 flat files, print its summary table, and import them here.
 
-    python -m benchmarks.gpu_bundle bundle --work WORK --out OUT    # on the device, end of gpu_results.sh
-    python -m benchmarks.gpu_bundle table OUT/rows.csv              # the short table, again
-    python -m benchmarks.gpu_bundle import --files DIR --card h100  # here, after the call (make gpu-import)
+    python -m benchmarks.gpu.bundle bundle --work WORK --out OUT    # on the device, end of gpu_results.sh
+    python -m benchmarks.gpu.bundle table OUT/rows.csv              # the short table, again
+    python -m benchmarks.gpu.bundle import --files DIR --card h100  # here, after the call (make gpu-import)
 
 ``bundle`` reads ``WORK/results/<suite>/{rows,curves}.csv`` (every suite the script ran), the
 micro-benchmark JSONs and logs in WORK, and writes into OUT (flat; names of letters, digits, . _ -):
@@ -10,13 +10,13 @@ micro-benchmark JSONs and logs in WORK, and writes into OUT (flat; names of lett
     rows.csv  curves.csv  benchmarks.json  limits.json  scaling.png  curves.png  provenance.txt  log.txt
 
 (a file whose source is missing, e.g. a step that did not run, is left out and provenance.txt says
-so). Plots are ``benchmarks.plots`` on the bundled rows. The table printed last has one line per
+so). Plots are ``benchmarks.reporting.plots`` on the bundled rows. The table printed last has one line per
 row: algorithm, cell, iterations_run, complete, metric ± 95% CI, peak memory, median step time.
 
 ``import`` copies a bundle into this checkout: ``results/<card>/`` gets rows.csv, curves.csv,
 limits.json, provenance.txt and log.txt; ``results/perf/<card>-benchmarks.json`` the
 pytest-benchmark JSON; then it regenerates the tables and plots (``python -m benchmarks.cli
-tables``) and the README section (``python -m benchmarks.readme``). It refuses rows of another
+tables``) and the README section (``python -m benchmarks.reporting.readme``). It refuses rows of another
 schema, and an existing ``results/<card>/`` unless ``--force``.
 """
 from __future__ import annotations
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .table_format import write_text_atomic
-from .results import COLUMNS, CURVE_COLUMNS, ROWS_FILE, CURVES_FILE, read_curves, read_rows, write_csv_atomic
+from benchmarks.reporting.table_format import write_text_atomic
+from benchmarks.records.rows import COLUMNS, CURVE_COLUMNS, ROWS_FILE, CURVES_FILE, read_curves, read_rows, write_csv_atomic
 
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def gather(results: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -81,8 +81,8 @@ def table(rows: pd.DataFrame) -> str:
 
 
 def render_plots(rows: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[str]:
-    """scaling.png and curves.png in ``out`` from ``benchmarks.plots``; returns notes on what was not drawn."""
-    from . import plots
+    """scaling.png and curves.png in ``out`` from ``benchmarks.reporting.plots``; returns notes on what was not drawn."""
+    from benchmarks.reporting import plots
 
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +175,7 @@ def import_bundle(files: Path, card: str, results: Path, force: bool, readme: Pa
         print(f"copied {files / 'benchmarks.json'} -> {results / 'perf' / f'{card}-benchmarks.json'}")
     print(table(rows))
     for cmd in ([sys.executable, "-m", "benchmarks.cli", "tables", "--results", str(results)],
-                [sys.executable, "-m", "benchmarks.readme", "--readme", str(readme), "--results-dir", str(results)]):
+                [sys.executable, "-m", "benchmarks.reporting.readme", "--readme", str(readme), "--results-dir", str(results)]):
         print("$", " ".join(cmd))
         rc = subprocess.run(cmd, cwd=REPO).returncode
         if rc:
@@ -185,7 +185,7 @@ def import_bundle(files: Path, card: str, results: Path, force: bool, readme: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_bundle", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu.bundle", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bundle", help="WORK -> OUT (at most 8 flat files) and print the table")
     b.add_argument("--work", required=True)

@@ -1,6 +1,6 @@
 """Plots of the result rows: cost against inner steps, and learning curves.
 
-    python -m benchmarks.plots [--results-dir results] [--out-dir results/plots]
+    python -m benchmarks.reporting.plots [--results-dir results] [--out-dir results/plots]
 
 Writes PNGs (matplotlib, Agg backend), atomically, into ``<results-dir>/plots/``:
 
@@ -26,9 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks.results import read_curves  # noqa: E402
+from benchmarks.records.rows import read_curves  # noqa: E402
 from datasets.archive import atomic_write  # noqa: E402
-from benchmarks.tables import SKIP_DIRS, is_scaling, load_rows  # noqa: E402
+from benchmarks.reporting.tables import SKIP_DIRS, is_scaling, load_rows  # noqa: E402
 
 COLOURS = {"reptile": "tab:blue", "fomaml": "tab:orange", "maml": "tab:red"}
 MIB = 2 ** 20

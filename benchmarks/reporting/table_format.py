@@ -1,7 +1,7 @@
 """Formatting helpers of the generated tables: Markdown and LaTeX (booktabs) renderers, number
 formats, and the atomic text writer every generated file goes through.
 
-Used by ``benchmarks/tables.py`` and ``benchmarks/readme.py``; nothing here reads rows.
+Used by ``benchmarks/reporting/tables.py`` and ``benchmarks/reporting/readme.py``; nothing here reads rows.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every field is read from the running system (git, torch, /proc/cpuinfo); a value
 that cannot be read is left empty rather than guessed.
 
-    python -m benchmarks.provenance      # prints what a row run here would record
+    python -m benchmarks.records.provenance      # prints what a row run here would record
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _git(*args: str) -> str | None:
@@ -114,8 +114,13 @@ def command_line(argv: list[str] | None = None) -> str:
     argv = list(sys.argv if argv is None else argv)
     # ``python -m pkg.mod`` puts the module's file path in argv[0]; turn it back into ``-m pkg.mod``.
     path = Path(argv[0]) if argv else Path()
-    if path.suffix == ".py" and path.resolve().parent == REPO_ROOT / "benchmarks":
-        argv = ["-m", f"benchmarks.{path.stem}"] + argv[1:]
+    if path.suffix == ".py":
+        try:
+            module = path.resolve().with_suffix("").relative_to(REPO_ROOT.resolve())
+        except ValueError:  # a script outside this checkout: keep its path
+            module = None
+        if module is not None and module.parts[0] == "benchmarks":
+            argv = ["-m", ".".join(module.parts)] + argv[1:]
     return shlex.join(["python", *argv])
 
 

@@ -1,6 +1,6 @@
 """Limit benchmark: each meta-step's time against the floor it cannot beat, and second-order MAML's memory.
 
-    python -m benchmarks.limits [--device cpu|cuda] [--repeats N] [--json OUT] [--compile] [--threads N] [--no-memory]
+    python -m benchmarks.perf.limits [--device cpu|cuda] [--repeats N] [--json OUT] [--compile] [--threads N] [--no-memory]
 
 Settings (Omniglot 5-way, meta-batch 5, the paper's values): Reptile 10 shots,
 5 inner Adam steps (beta1 = 0) on minibatches of 10; FOMAML / MAML 5-shot
@@ -28,7 +28,7 @@ are both printed.
 "batched (grouped)" / "batched (loop)" is the batched backend with the other
 way of batching convolutions than this device's default (``functional.py``).
 "torch.func loop" / "torch.func vmap*" (second order only) are the meta-gradient
-written with ``torch.func.grad`` (``benchmarks/func_maml.py``), tasks looped or
+written with ``torch.func.grad`` (``benchmarks/perf/func_maml.py``), tasks looped or
 vmapped; * marks vmap's WRONG second derivatives through batch norm (PITFALLS
 section 1): it is timed to show what vmap would buy, not offered as a backend.
 Both compute the meta-gradient only (no outer Adam step, a fraction of a ms here).
@@ -37,7 +37,7 @@ default (a Hessian-vector-product chain, see ``algorithms/batched.py``) does
 more work than it by design, to keep memory flat in K.
 ``--compile``: a last pass times each first-order batched learner against itself
 with its functional forward ``torch.compile``'d (``"compile"`` in the JSON).
-Memory: bytes held by autograd (saved-tensor hooks, ``benchmarks.measure``) on
+Memory: bytes held by autograd (saved-tensor hooks, ``benchmarks.running.measure``) on
 CPU, the CUDA allocator's peak on CUDA, for second-order MAML at K = 5 and 10.
 """
 from __future__ import annotations
@@ -55,9 +55,9 @@ from algorithms import MetaConfig, build_learner
 from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, chunks
 from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
-from benchmarks.func_maml import func_meta_gradient
-from benchmarks.measure import autograd_saved_bytes, synchronize
-from benchmarks.provenance import REPO_ROOT, command_line, device_name, git_state
+from benchmarks.perf.func_maml import func_meta_gradient
+from benchmarks.running.measure import autograd_saved_bytes, synchronize
+from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
 from datasets.archive import atomic_write
 from datasets.tasks import TaskBatch
 
@@ -156,7 +156,7 @@ def contenders(name: str, model, batches) -> dict:
     out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other), batches)
     if kind == "maml":
         out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True), batches)
-        # torch.func, the textbook way (benchmarks/func_maml.py): timed only, the vmap one is wrong through batch norm.
+        # torch.func, the textbook way (benchmarks/perf/func_maml.py): timed only, the vmap one is wrong through batch norm.
         for label, vmap_tasks in (("torch.func loop", False), ("torch.func vmap*", True)):
             cycle = itertools.cycle(batches)
             out[label] = lambda v=vmap_tasks, c=cycle: func_meta_gradient(model, next(c), cfg["inner_lr"], cfg["inner_steps"], v)
@@ -285,7 +285,7 @@ def main(argv=None) -> dict:
                 print(f"  speed-up {k} vs higher (reference): x{ratio('reference', k, 'median'):.2f} (medians), "
                       f"x{ratio('reference', k, 'min'):.2f} (minima)")
         if name == "reptile":
-            # Issue 2's budget: drawing a meta-batch must cost under 5% of a Reptile meta-step.
+            # Drawing a meta-batch should cost under 5% of a Reptile meta-step (else sampling, not maths, sets the pace).
             # Fresh task indices per call, as training draws them; the same clock as the steps.
             draws = iter(range(10**9))
             samp = time_round_robin({"sampling": lambda: sample(shots, query, next(draws))}, repeats[name], "cpu", tick)["sampling"]

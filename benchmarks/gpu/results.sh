@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The one prepared GPU script (project issue 6): in ONE device call of at most 10 minutes, measure
+# The one prepared GPU script: in ONE device call of at most 10 minutes, measure
 #   (a) the scaling sweep on CUDA (peak memory, time per meta-step vs inner steps 1..20; suite `scaling`),
-#   (b) the micro-benchmarks (pytest tests/perf, python -m benchmarks.limits --device cuda),
+#   (b) the micro-benchmarks (pytest tests/perf, python -m benchmarks.perf.limits --device cuda),
 #   (c) the papers' Omniglot 5-way protocol on the small split (suite `gpu-omniglot-small`: 6 cells,
-#       each given a fair share of the time left by benchmarks/gpu_cells.py, cut short by --max-minutes),
-#   (d) bundle everything into <= 8 flat files under $OUT (benchmarks/gpu_bundle.py) and print a table,
+#       each given a fair share of the time left by benchmarks/gpu/cells.py, cut short by --max-minutes),
+#   (d) bundle everything into <= 8 flat files under $OUT (benchmarks/gpu/bundle.py) and print a table,
 # inside a HARD budget: BUDGET_S seconds (default 540 = 9 min) from the start, the bundle included.
 #
 # THE WHOLE PROCEDURE
@@ -12,17 +12,17 @@
 #        make gpu-rehearsal     # the same steps on CPU in ~2 minutes: catches typos before the GPU call
 #        make gpu-prepare       # .whl/higher-0.2.1-py3-none-any.whl, .gpu-data/omniglot/*.zip, .gpu-data/SOURCE.txt
 #   2. The device call (exactly one; it prints this again):
-#        run(command="bash benchmarks/gpu_results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)
+#        run(command="bash benchmarks/gpu/results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)
 #      The files come back read-only under the reply's `files_at` folder. If `status` shows less than
-#      ~12 minutes of device time left, shrink the budget in the command: "BUDGET_S=400 bash benchmarks/gpu_results.sh"
+#      ~12 minutes of device time left, shrink the budget in the command: "BUDGET_S=400 bash benchmarks/gpu/results.sh"
 #      (the paper cells absorb the cut). The reply's output_tail ends with the summary table.
 #   3. Here, after the call:
 #        make gpu-import GPU_FILES=<files_at folder> CARD=h100     # (or h200: the card the reply names)
 #      -> results/h100/{rows.csv,curves.csv,limits.json,provenance.txt,log.txt},
 #         results/perf/h100-benchmarks.json, then `python -m benchmarks.cli tables` and
-#         `python -m benchmarks.readme` regenerate the tables, plots and README section.
+#         `python -m benchmarks.reporting.readme` regenerate the tables, plots and README section.
 #
-# Usage: bash benchmarks/gpu_results.sh [--rehearse] [--dry-run] [--prepare]
+# Usage: bash benchmarks/gpu/results.sh [--rehearse] [--dry-run] [--prepare]
 #   (no flag)    GPU run: CUDA must be visible (fails fast otherwise), budget 540 s.
 #   --rehearse   (or REHEARSE=1) the same steps on CPU, budget 160 s, tiny selections (make gpu-rehearsal).
 #   --dry-run    (or DRY_RUN=1) print each step's command and limit, run nothing.
@@ -30,7 +30,7 @@
 # Environment (optional): OUT (default: a new /tmp folder; must be empty), PYTHON (default python3),
 #   BUDGET_S, RESERVE_S (kept for the bundle), STEPS (subset of "scaling micro paper"),
 #   SCALING_CELLS, SCALING_MAX_S, MICRO_MAX_S, PERF_SELECT (pytest -k), LIMITS_ARGS, PAPER_CELLS,
-#   EVAL_TASKS (rehearsal: evaluation tasks per paper cell), TAIL, MIN_WINDOW (see benchmarks/gpu_cells.py),
+#   EVAL_TASKS (rehearsal: evaluation tasks per paper cell), TAIL, MIN_WINDOW (see benchmarks/gpu/cells.py),
 #   GPU_WORK (scratch folder), OMNIGLOT_ROOT (default .gpu-data/omniglot when present).
 # What runs on the device: python3 (3.12, torch with CUDA, no higher, no wandb, no network) from the
 # repository root; `higher` is installed from .whl into /tmp/site; the project runs from the tree
@@ -51,17 +51,17 @@ for arg in "$@"; do
   esac
 done
 if [[ "${REHEARSE:-0}" == 1 && $MODE == gpu ]]; then MODE=rehearse; fi
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 REPO=$PWD
 PY=${PYTHON:-python3}
 SMALL_ZIPS=(images_background_small1.zip images_background_small2.zip)
 declare -A MD5=([images_background_small1.zip]=e704a628b5459e08445c13499850abc4
                 [images_background_small2.zip]=b75a71a51d3b13f821f212756fe481fd)
-CALL='run(command="bash benchmarks/gpu_results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)'
+CALL='run(command="bash benchmarks/gpu/results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)'
 
 # ---------------------------------------------------------------------------------------------- prepare
 prepare() {
-  local src=${OMNIGLOT_ROOT:-../shared/data/omniglot} z sum
+  local src=${OMNIGLOT_ROOT:-data/omniglot} z sum
   mkdir -p .whl .gpu-data/omniglot
   # A folder that ignores itself: git status stays clean (rows' git_dirty) even where .gitignore lacks it.
   [[ -f .gpu-data/.gitignore ]] || printf '# written by make gpu-prepare: carried to the device, never committed\n*\n' > .gpu-data/.gitignore
@@ -140,9 +140,9 @@ else
   exec > >(tee -a "$WORK/log.txt") 2>&1
 fi
 SITE=$([[ $MODE == gpu ]] && echo /tmp/site || echo "$WORK/site")
-# The zips carried in .gpu-data (make gpu-prepare) win; else $OMNIGLOT_ROOT, else ../shared/data/omniglot.
+# The zips carried in .gpu-data (make gpu-prepare) win; else $OMNIGLOT_ROOT, else ./data/omniglot.
 if compgen -G '.gpu-data/omniglot/*.zip' >/dev/null; then OMNIGLOT_ROOT=$REPO/.gpu-data/omniglot; fi
-export OMNIGLOT_ROOT=${OMNIGLOT_ROOT:-$REPO/../shared/data/omniglot}
+export OMNIGLOT_ROOT=${OMNIGLOT_ROOT:-$REPO/data/omniglot}
 export REPTILE_BENCH_CACHE=${REPTILE_BENCH_CACHE:-$([[ $MODE == gpu ]] && echo /tmp/cache || echo "$WORK/cache")}
 export REPTILE_BENCH_OFFLINE=1 WANDB_MODE=disabled CI=1
 # .git does not travel to the device: the rows' git columns come from what `make gpu-prepare` recorded.
@@ -185,19 +185,19 @@ finish() {
   trap - EXIT
   echo "== bundle ($((DEADLINE - $(date +%s))) s of the budget left; script status so far $rc)"
   { echo; echo "== steps (exit status, seconds) =="; cat "$WORK/steps.txt" 2>/dev/null || true
-    echo; echo "== paper-protocol schedule (benchmarks/gpu_cells.py) =="; cat "$WORK/schedule.txt" 2>/dev/null || echo "(did not run)"
+    echo; echo "== paper-protocol schedule (benchmarks/gpu/cells.py) =="; cat "$WORK/schedule.txt" 2>/dev/null || echo "(did not run)"
     echo; echo "total wall time before the bundle: $(($(date +%s) - START)) s of BUDGET_S=$BUDGET_S"
   } >> "$WORK/provenance.txt"
   local brc=0
-  timeout -k 5 $((RESERVE_S + 15)) "$PY" -m benchmarks.gpu_bundle bundle --work "$WORK" --out "$OUT" || brc=$?
-  echo "gpu_results.sh: $MODE run done in $(($(date +%s) - START)) s; files in OUT=$OUT"
+  timeout -k 5 $((RESERVE_S + 15)) "$PY" -m benchmarks.gpu.bundle bundle --work "$WORK" --out "$OUT" || brc=$?
+  echo "results.sh: $MODE run done in $(($(date +%s) - START)) s; files in OUT=$OUT"
   if [[ -n $FAILED ]]; then echo "steps that failed or ran out of time:$FAILED (see log.txt)"; fi
   if ((rc == 0 && brc == 0)) && [[ -n $FAILED ]]; then rc=1; fi
   exit $((rc ? rc : brc))
 }
 
 # ------------------------------------------------------------------------------------------- setup
-echo "gpu_results.sh: mode $MODE, device $DEVICE, budget ${BUDGET_S} s (bundle reserve ${RESERVE_S} s), steps: $STEPS"
+echo "results.sh: mode $MODE, device $DEVICE, budget ${BUDGET_S} s (bundle reserve ${RESERVE_S} s), steps: $STEPS"
 echo "OUT=$OUT WORK=$WORK OMNIGLOT_ROOT=$OMNIGLOT_ROOT PYTHON=$PY"
 if [[ $DRY == 1 ]]; then
   echo "[dry-run] setup: install .whl/*.whl into $SITE (pip --target, or unzip), check torch/higher/CUDA, write provenance"
@@ -221,7 +221,7 @@ else
   {
     echo "== provenance of this GPU-script run =="
     echo "date (UTC): $(date -u +%FT%TZ)  host: ${HOSTNAME:-unknown}  mode: $MODE  budget: ${BUDGET_S} s"
-    echo "command: bash benchmarks/gpu_results.sh $*  STEPS='$STEPS'"
+    echo "command: bash benchmarks/gpu/results.sh $*  STEPS='$STEPS'"
     echo "git: $(git rev-parse HEAD 2>/dev/null || echo 'no .git here')$(git status --porcelain 2>/dev/null | grep -q . && echo ' (tree differs from HEAD)' || true)"
     if [[ -f .gpu-data/SOURCE.txt ]]; then echo "-- .gpu-data/SOURCE.txt (written by make gpu-prepare) --"; cat .gpu-data/SOURCE.txt; fi
     echo "-- nvidia-smi --"
@@ -281,24 +281,24 @@ if wants micro; then
       --benchmark-json "$WORK/benchmarks.json" ${PERF_SELECT:+-k "$PERF_SELECT"}
   else
     note "tests/perf has no --perf-device option, so its meta-step benchmarks would time the CPU;" \
-      "only the sampler benchmark (CPU-side by nature) runs; benchmarks.limits times the meta-steps on CUDA"
+      "only the sampler benchmark (CPU-side by nature) runs; benchmarks.perf.limits times the meta-steps on CUDA"
     step perf $((MICRO_MAX_S / 3)) "$PY" -m pytest -q -p no:cacheprovider tests/perf/test_sampling.py \
       --benchmark-only --benchmark-json "$WORK/benchmarks.json"
   fi
   # shellcheck disable=SC2086 # LIMITS_ARGS is a list of words on purpose
-  step limits $((micro_end - $(date +%s))) "$PY" -m benchmarks.limits --device "$DEVICE" --json "$WORK/limits.json" $LIMITS_ARGS
+  step limits $((micro_end - $(date +%s))) "$PY" -m benchmarks.perf.limits --device "$DEVICE" --json "$WORK/limits.json" $LIMITS_ARGS
 fi
 
 # ------------------------------------------------------------------ (c) paper protocol, Omniglot small
 if wants paper; then
-  step paper "$(left)" "$PY" -m benchmarks.gpu_cells --suite gpu-omniglot-small --out "$WORK/results" \
+  step paper "$(left)" "$PY" -m benchmarks.gpu.cells --suite gpu-omniglot-small --out "$WORK/results" \
     --device "$DEVICE" --deadline "$((DEADLINE - RESERVE_S - 5))" --tail "$TAIL" --min-window "$MIN_WINDOW" \
     --wandb disabled --log "$WORK/schedule.txt" ${EVAL_TASKS:+--eval-tasks "$EVAL_TASKS"} \
     ${PAPER_CELLS:+--cells "$PAPER_CELLS"}
 fi
 
 if [[ $DRY == 1 ]]; then
-  echo "[dry-run] bundle: $PY -m benchmarks.gpu_bundle bundle --work $WORK --out $OUT   (<= 8 files, table last)"
+  echo "[dry-run] bundle: $PY -m benchmarks.gpu.bundle bundle --work $WORK --out $OUT   (<= 8 files, table last)"
   echo "[dry-run] device call: $CALL"
 fi
 # (d) the bundle runs in the EXIT trap (finish), also after a failure.

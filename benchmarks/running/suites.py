@@ -25,7 +25,7 @@ A ``when`` matches the cell's resolved values (defaults, group and axes, else Ce
 own defaults), as they are before any ``when`` sets them.
 ``--seeds`` on the command line replaces every group's seeds.
 
-    python -m benchmarks.suites smoke      # prints the cells of a suite
+    python -m benchmarks.running.suites smoke      # prints the cells of a suite
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ from typing import Any, Iterable
 from algorithms.base import MetaConfig
 from algorithms.evaluation import EvalConfig
 
-from .config import CellConfig, check_fields
+from benchmarks.running.config import CellConfig, check_fields
 
-SUITES_DIR = Path(__file__).resolve().parent / "suites"
+SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 AXES = {  # axis key in a group -> (singular name used by `when` and templates, path in the cell dict)
     "algorithms": ("algorithm", ("learner", "algorithm")),
     "backends": ("backend", ("learner", "backend")),

@@ -1,0 +1,5 @@
+"""Reporting: paper tables, comparison tables, plots and the README results section.
+
+Every output is a pure function of the rows in ``results/*/`` (``benchmarks.records``);
+``python -m benchmarks.cli tables`` and ``python -m benchmarks.reporting.readme`` regenerate them.
+"""
