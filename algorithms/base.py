@@ -151,6 +151,10 @@ class MetaLearner(ABC):
         p = next(self.model.parameters())
         return batch.to(p.device, dtype=p.dtype)
 
+    def backend_info(self) -> str:
+        """The library (and version) doing the work, and any mode it runs in; recorded in every result row."""
+        return f"torch {torch.__version__}"
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically (tensors and plain Python only, for weights_only=True)."""
         return {"model": self.model.state_dict(), "iteration": self.iteration, "generator": self.generator.get_state()}
@@ -177,3 +181,8 @@ def build_learner(config: MetaConfig, model: nn.Module, total_iterations: int, s
     """Build the learner named by ``config.algorithm`` / ``config.backend``; clear error for unknown names."""
     config.validate()
     return LEARNERS[config.algorithm][config.backend](model, config, total_iterations, seed)
+
+
+def backend_info(learner: MetaLearner) -> str:
+    """``learner.backend_info()``: what a result row's ``backend_info`` column says."""
+    return learner.backend_info()

@@ -108,6 +108,11 @@ def _finite_or_raise(loss: Tensor, grads: list[Tensor], learner) -> float:
     return value
 
 
+def _batched_info(net: TaskNet, model: nn.Module) -> str:
+    mode = net.mode_for(next(model.parameters()).device)
+    return f"torch {torch.__version__} task-batched autograd, {mode} mode"
+
+
 class BatchedReptile(Reptile):
     """Reptile with the tasks of a meta-batch adapted in chunks (see the module docstring)."""
 
@@ -120,6 +125,9 @@ class BatchedReptile(Reptile):
             )
         super().__init__(model, config, total_iterations, seed)
         self.net = TaskNet(model, conv_mode)
+
+    def backend_info(self) -> str:
+        return _batched_info(self.net, self.model)
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:
         """g = theta - mean_i theta_i, like ``Reptile.meta_gradient`` (same minibatches from ``self.generator``)."""
@@ -160,6 +168,10 @@ class BatchedMAML(MAML):
         self.net = TaskNet(model, conv_mode)
         self.unrolled = unrolled
         self.task_chunk = task_chunk
+
+    def backend_info(self) -> str:
+        how = "first order" if self.config.first_order else "unrolled graph" if self.unrolled else "HVP chain"
+        return f"{_batched_info(self.net, self.model)}, {how}"
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:
         """Mean over tasks of d L_query(theta'_K) / d theta, like ``MAML.meta_gradient``; also left in ``.grad``."""

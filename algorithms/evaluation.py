@@ -18,6 +18,13 @@ is the mean over tasks with ci95 = 1.96 * std / sqrt(n), where std is the
 *sample* standard deviation (ddof = 1). MAML's code uses numpy's default
 ddof = 0; at n = 600 the two differ by a factor sqrt(600/599) = 1.0008.
 
+Two implementations give the same per-task scores (``tests/test_batched_eval.py``): ``serial``, the
+reference (one deep copy per task, ``torch.optim`` optimisers), and ``batched``
+(``algorithms/batched_eval.py``: many tasks fine-tuned at once with per-task weights and batch-norm
+statistics). ``EvalConfig.mode = "auto"`` picks per device (``DEFAULT_MODE``, from measurements).
+A task whose fine-tuning loss becomes NaN/inf or ends above ``diverge_factor`` x its first value, or
+whose predictions are not finite, raises ``DivergedError``: no score is reported for a blown-up evaluation.
+
     result = evaluate(model, pool, ways=5, shots=1, config=EvalConfig(num_tasks=600, query=15, transductive=True))
     print(f"{result.mean:.2f} +- {result.ci95:.2f} {result.metric}")
 """
@@ -32,9 +39,14 @@ from torch import Tensor, nn
 
 from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT, stream_key
 
-from .base import check_output_size, task_loss
+from .base import DivergedError, check_output_size, task_loss
 from .minibatch import cycle_minibatches
 from .reptile import make_inner_optimizer
+
+
+MODES = ("auto", "serial", "batched")
+DEFAULT_MODE = {"cpu": "serial", "cuda": "batched"}
+"""``EvalConfig.mode = "auto"`` per device type; chosen from ``python -m benchmarks.perf.eval_throughput``."""
 
 
 @dataclass
@@ -59,11 +71,15 @@ class EvalConfig:
     """True: the query set is predicted in one batch; False: one query example at a time beside the support set."""
     seed: int = 0
     """Seed of the evaluation task pool and of the fine-tuning minibatch order (not the training seed)."""
+    mode: str = "auto"
+    """``serial`` (one task at a time, the reference), ``batched`` (many tasks fine-tuned together) or ``auto``
+    (``DEFAULT_MODE`` for the device; the CLI resolves it before the config is hashed)."""
 
     def validate(self) -> "EvalConfig":
         """Raise ValueError naming the bad field; returns self for chaining."""
-        if not 1 <= self.num_tasks <= INDEX_LIMIT:
-            raise ValueError(f"num_tasks must be in [1, 2**{INDEX_BITS}], got {self.num_tasks}")
+        if isinstance(self.num_tasks, bool) or not isinstance(self.num_tasks, int) or not 2 <= self.num_tasks <= INDEX_LIMIT:
+            raise ValueError(f"num_tasks must be an integer in [2, 2**{INDEX_BITS}] (a 95% CI needs at least two "
+                             f"tasks), got {self.num_tasks!r}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ValueError(f"seed must be an integer in [0, {SEED_LIMIT}), got {self.seed}")
         if self.query < 1:
@@ -78,6 +94,8 @@ class EvalConfig:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
         if self.inner_batch < 0:
             raise ValueError(f"inner_batch must be >= 0 (0 = whole support set), got {self.inner_batch}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -91,15 +109,17 @@ class EvalResult:
     mean: float
     """Mean over tasks of the metric."""
     ci95: float
-    """1.96 * std / sqrt(n) (NaN when n = 1)."""
+    """1.96 * std / sqrt(n) (n >= 2)."""
     std: float
-    """Sample standard deviation over tasks (ddof = 1; NaN when n = 1)."""
+    """Sample standard deviation over tasks (ddof = 1)."""
     n: int
     """Number of tasks."""
     per_task: list[float] = field(repr=False)
     """The metric of each task, in task-index order."""
     metric: str
     """``accuracy`` (percent, 0..100) or ``mse``."""
+    mode: str = "serial"
+    """The implementation that ran: ``serial`` or ``batched``."""
 
 
 def finetune_generator(seed: int, index: int) -> torch.Generator:
@@ -120,6 +140,11 @@ def adapt(model: nn.Module, support_x: Tensor, support_y: Tensor, config: EvalCo
     ([n, ...] and [n], or [n, 1] for regression); ``generator`` fixes the
     minibatch order (the evaluator uses ``finetune_generator(seed, index)``).
     """
+    return _adapt(model, support_x, support_y, config, generator)[0]
+
+
+def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[nn.Module, float | None, float | None]:
+    """``adapt`` and the first and last fine-tuning losses (None without fine-tuning)."""
     config.validate()
     if support_x.shape[0] != support_y.shape[0]:
         raise ValueError(
@@ -129,8 +154,9 @@ def adapt(model: nn.Module, support_x: Tensor, support_y: Tensor, config: EvalCo
     ways = None if support_y.is_floating_point() else int(support_y.max()) + 1
     fine = copy.deepcopy(model)
     if config.inner_steps == 0:
-        return fine
+        return fine, None, None
     optimizer = make_inner_optimizer(fine.parameters(), config.inner_optimizer, config.inner_lr, config.adam_beta1)
+    first = last = None
     for step, idx in enumerate(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)):
         out = fine(support_x[idx])
         if step == 0:
@@ -139,8 +165,38 @@ def adapt(model: nn.Module, support_x: Tensor, support_y: Tensor, config: EvalCo
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        last = loss.detach()
+        first = last if first is None else first
     fine.zero_grad(set_to_none=True)
-    return fine
+    return fine, float(first), float(last)
+
+
+def check_fine_tuning(first, last, index: int, diverge_factor: float | None) -> None:
+    """DivergedError when task ``index``'s fine-tuning loss went non-finite or ended far above where it began.
+
+    ``first``/``last`` are floats or tensors of one value per task (then ``index`` is the first task's).
+    """
+    if first is None:
+        return
+    first, last = torch.as_tensor(first, dtype=torch.float64), torch.as_tensor(last, dtype=torch.float64)
+    bad = ~torch.isfinite(last) | ~torch.isfinite(first)
+    if diverge_factor is not None:
+        bad |= last > diverge_factor * first.clamp_min(1e-12)
+    if bool(bad.any()):
+        k = int(bad.reshape(-1).nonzero()[0])
+        raise DivergedError(
+            f"evaluation diverged: fine-tuning task {index + k} took its loss from {float(first.reshape(-1)[k]):.3g} "
+            f"to {float(last.reshape(-1)[k]):.3g} (limit: {diverge_factor} x the first, and finite); no score is "
+            "reported: lower eval.inner_lr")
+
+
+def check_scores(values, index: int) -> None:
+    """DivergedError when a score (or the outputs it came from) is not finite."""
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if not bool(torch.isfinite(values).all()):
+        k = int((~torch.isfinite(values)).nonzero()[0])
+        raise DivergedError(f"evaluation diverged: task {index + k}'s fine-tuned model gives non-finite outputs; "
+                            "no score is reported: lower eval.inner_lr")
 
 
 @torch.no_grad()
@@ -153,26 +209,43 @@ def predict(model: nn.Module, support_x: Tensor, query_x: Tensor, transductive: 
 
 @torch.no_grad()
 def score(model: nn.Module, support_x: Tensor, query_x: Tensor, query_y: Tensor, transductive: bool) -> float:
-    """Accuracy in percent (classification) or MSE (regression) of ``model`` on one task's query set."""
+    """Accuracy in percent (classification) or MSE (regression) of ``model`` on one task's query set.
+
+    Raises DivergedError when the outputs are not finite (argmax of NaN logits is not a prediction).
+    """
     if query_y.is_floating_point():
-        return task_loss(model(query_x), query_y).item()
+        value = task_loss(model(query_x), query_y).item()
+        check_scores([value], 0)
+        return value
     logits = predict(model, support_x, query_x, transductive)
     check_output_size(logits, query_y)
+    check_scores([logits.abs().max().item()], 0)
     return 100.0 * (logits.argmax(-1) == query_y).double().mean().item()
 
 
-def summarize(per_task: list[float], metric: str) -> EvalResult:
+def summarize(per_task: list[float], metric: str, mode: str = "serial") -> EvalResult:
     n = len(per_task)
+    if n < 2:
+        raise ValueError(f"a 95% confidence interval needs at least two tasks, got {n}")
     values = torch.tensor(per_task, dtype=torch.float64)
-    std = values.std(correction=1).item() if n > 1 else float("nan")
-    return EvalResult(values.mean().item(), 1.96 * std / math.sqrt(n), std, n, list(per_task), metric)
+    std = values.std(correction=1).item()
+    return EvalResult(values.mean().item(), 1.96 * std / math.sqrt(n), std, n, list(per_task), metric, mode)
 
 
-def evaluate(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, device="cpu", progress: bool = False) -> EvalResult:
+def resolve_mode(mode: str, device) -> str:
+    """``auto`` -> ``DEFAULT_MODE`` of the device's type; ``serial`` and ``batched`` as given."""
+    if mode not in MODES:
+        raise ValueError(f"evaluation mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return DEFAULT_MODE[torch.device(device).type] if mode == "auto" else mode
+
+
+def evaluate(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, device="cpu", progress: bool = False,
+             diverge_factor: float | None = None) -> EvalResult:
     """Fine-tune and score ``model`` on ``config.num_tasks`` fixed tasks of ``pool``; the model is left untouched.
 
     ``pool`` is anything with ``sample_task(ways, shots, query, seed, index)``
     (ClassPool, SinePool). The model is copied to ``device`` if it lives elsewhere.
+    ``diverge_factor``: see ``check_fine_tuning`` (None: only non-finite losses count as divergence).
     """
     config.validate()
     pool.check(ways, shots, config.query)
@@ -181,6 +254,12 @@ def evaluate(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, 
     if param.device != device:
         model = copy.deepcopy(model).to(device)
         param = next(model.parameters())
+    mode = resolve_mode(config.mode, device)
+    if mode == "batched":
+        from .batched_eval import evaluate_batched
+
+        per_task, metric = evaluate_batched(model, pool, ways, shots, config, device, progress, diverge_factor)
+        return summarize(per_task, metric, "batched")
     indices = range(config.num_tasks)
     if progress:
         from tqdm import tqdm
@@ -193,6 +272,10 @@ def evaluate(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, 
         sx, sy, qx, qy = (t[0] for t in task.tensors())
         if qy.is_floating_point():
             metric = "mse"
-        fine = adapt(model, sx, sy, config, finetune_generator(config.seed, index))
-        per_task.append(score(fine, sx, qx, qy, config.transductive))
-    return summarize(per_task, metric)
+        fine, first, last = _adapt(model, sx, sy, config, finetune_generator(config.seed, index))
+        check_fine_tuning(first, last, index, diverge_factor)
+        try:
+            per_task.append(score(fine, sx, qx, qy, config.transductive))
+        except DivergedError as e:
+            raise DivergedError(str(e).replace("task 0's", f"task {index}'s")) from None
+    return summarize(per_task, metric, "serial")

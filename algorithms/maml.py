@@ -50,6 +50,9 @@ class MAML(MetaLearner):
                              "(got a batch with no query examples)")
         return super()._like_model(batch)
 
+    def backend_info(self) -> str:
+        return f"higher {getattr(higher, '__version__', '?')}, torch {torch.__version__}"
+
     def adapted_query_loss(self, fmodel, x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor, check: bool = False) -> tuple[Tensor, Tensor]:
         """Query loss after the inner SGD loop, differentiable w.r.t. ``self.model``'s parameters.
 

@@ -1,24 +1,27 @@
-"""Command line of the benchmark: run suites, list them, render tables and plots.
+"""Command line of the benchmark: run suites, price them, list them, render tables and plots.
 
     python -m benchmarks.cli run --suite default            # what `make benchmark` runs
-    python -m benchmarks.cli run --suite smoke --out /tmp/smoke --cells 'sine-*' --seeds 0,1
+    python -m benchmarks.cli run --suite smoke --out /tmp/smoke --cells 'sine-*' --seeds 0,1 --jobs 2
+    python -m benchmarks.cli plan --suite paper-omniglot     # distinct trainings and projected hours
     python -m benchmarks.cli list                            # suites and their cells
     python -m benchmarks.cli tables [--results results]      # paper tables + plots from the rows
 
-``run`` starts one child process per cell (``python -m benchmarks.running.runner``) so the
-CPU peak-RSS column measures that cell alone. Cells whose row is already complete
-(same config hash) at this git commit are skipped; an interrupted cell resumes from its
-checkpoint. Rows of another commit (the committed results, in a fresh clone) are run
-again, and the new row replaces the old one.
-Exit status: 0 done, 1 some cell failed, 2 bad input, 3 data missing, 130 interrupted.
+``run`` checks every cell against its data first (nothing starts if one does not fit), groups the
+cells into shared trainings (cells that differ only in evaluation train once), and runs each training
+in its own process (``python -m benchmarks.running.runner``), up to ``--jobs`` at once, so the CPU
+peak-RSS column measures that training alone. Cells whose row is already complete (same config
+hash) at this git commit are skipped; an interrupted training resumes from its checkpoint. Rows of
+another commit (the committed results, in a fresh clone) are run again, and the new row replaces
+the old one.
+Exit status: 0 done; 1 some training failed or diverged; 2 bad input; 3 data missing or damaged;
+5 not finished (a --max-minutes budget cut training or left trainings unstarted, or another run holds a
+training): rerun the same command to continue; 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,12 +30,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from algorithms.evaluation import resolve_mode
 from datasets.tasks import SEED_LIMIT
 
 from benchmarks.records import provenance
-from benchmarks.records.rows import ROWS_FILE, completed_hashes
-from benchmarks.running.runner import EXIT_BAD_CONFIG, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_MISSING_DATA, quiet
+from benchmarks.records.rows import ROWS_FILE, completed_hashes, read_rows_or_empty
+from benchmarks.records.scores import ScoresFormatError, read_scores, SCORES_FILE
+from benchmarks.running import checks, launch
+from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_FAILED, \
+    EXIT_INCOMPLETE, EXIT_INTERRUPTED, quiet
 from benchmarks.running.suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
+from benchmarks.running.trainings import Training, group
 
 
 class UsageError(Exception):
@@ -56,9 +64,26 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: this torch build sees no CUDA device; use --device cpu (or auto)")
     return device
+
+
+def with_device(cells, device_option: str | None):
+    """Each cell with its device resolved (and evaluation mode for that device), before any hashing.
+
+    A suite may pin a device; ``--device`` must then agree (a silent override would run, and record, a
+    cell somewhere its suite says it must not run).
+    """
+    out = []
+    for cell in cells:
+        if cell.device != "auto" and device_option not in (None, "auto") and cell.device != device_option:
+            raise UsageError(f"cell {cell.suite}/{cell.cell}: its suite sets device = {cell.device!r} but --device is "
+                             f"{device_option!r}; drop one of them (or select other cells with --cells)")
+        device = resolve_device(cell.device if cell.device != "auto" else (device_option or "auto"))
+        ev = replace(cell.eval, mode=resolve_mode(cell.eval.mode, device)) if cell.eval.num_tasks else cell.eval
+        out.append(replace(cell, device=device, eval=ev))
+    return out
 
 
 def check_writable(folder: Path) -> None:
@@ -71,32 +96,38 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write results to {folder} ({e.strerror or e}); pass a writable --out folder") from None
 
 
-def child_env() -> dict[str, str]:
-    """The cell process finds this checkout's packages whatever the working directory."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(provenance.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
+def parse_jobs(text: str, device: str, threads: int) -> tuple[int, list[dict], str | None]:
+    """(jobs, slots, warning) for ``--jobs N|auto`` on ``device`` (``threads`` torch threads per job)."""
+    if device.startswith("cuda"):
+        import torch
 
-
-def run_child(cmd: list[str]) -> int:
-    """Run one cell's process to its end; its exit status.
-
-    No cell outlives the run: a SIGTERM sent to this process is passed on to the cell, and on
-    Ctrl-C (or a SIGINT sent to this process alone) the cell gets a SIGINT and 30 s to exit.
-    """
-    with subprocess.Popen(cmd, env=child_env()) as proc:
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        units, what = torch.cuda.device_count(), "GPU"
+    else:
+        units, what = len(launch.available_cpus()), "core"
+    per = 1 if device.startswith("cuda") else max(1, threads)
+    if text == "auto":
+        jobs = max(1, units // per)
+    else:
         try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            try:
-                return proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                return proc.wait()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            jobs = int(text)
+        except ValueError:
+            raise UsageError(f"--jobs takes a number of trainings to run at once (>= 1) or 'auto', got {text!r}") from None
+        if jobs < 1:
+            raise UsageError(f"--jobs must be >= 1 (or 'auto': one per {what}), got {jobs}")
+    warning = None
+    if jobs * per > units:
+        warning = (f"warning: --jobs {jobs} x {per} thread(s) on {units} {what}(s): trainings will share "
+                   f"{what}s, so their step times (and the rows' time columns) will be slower than alone")
+    slots = launch.gpu_slots(jobs, units) if device.startswith("cuda") else launch.cpu_slots(jobs, threads)
+    return jobs, slots, warning
+
+
+def check_scores_file(folder: Path) -> None:
+    """Refuse a per-task scores file of another format before any work (it would fail the first row)."""
+    try:
+        read_scores(folder / SCORES_FILE)
+    except ScoresFormatError as e:
+        raise UsageError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,77 +135,99 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
-    device = resolve_device(args.device)
-    cells = select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells)
-    cells = [replace(c, device=device) for c in cells]
+    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device)
     out = Path(args.out)
     suite = suite_name(args.suite)
     folder = out / suite
     check_writable(folder)
+    device = cells[0].device
+    jobs, slots, warning = parse_jobs(args.jobs, device, args.threads)
     git_state = provenance.git_state(exclude=out)
-    # The name each cell's row will carry (the runner sets --threads before naming its device).
+    # The name each row will carry (the runner sets --threads before naming its device).
     device_label = provenance.device_name(device, args.threads or None)
-    # Also refuses a rows file of another schema, before any work.
-    done = completed_hashes(folder / ROWS_FILE, git_state, device_label)
+    done = completed_hashes(folder / ROWS_FILE, git_state, device_label)  # also refuses a rows file of another schema
+    check_scores_file(folder)
+    pending = [c for c in cells if c.config_hash() not in done]
+    try:
+        ready = checks.preflight(pending, skip_missing=args.skip_missing)
+    except checks.ShapeError as e:
+        print("error: these cells do not fit their data (nothing was run):", file=sys.stderr)
+        for line in e.lines:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except checks.DataProblem as e:
+        print(f"error: {e}\n(nothing was run; pass --skip-missing to run the cells whose data is there)", file=sys.stderr)
+        return EXIT_DATA
+    if warning:
+        print(warning, file=sys.stderr)
+    trainings = group(ready.cells)
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     git = json.dumps(git_state)
-    failed, missing, not_started, skipped = [], [], [], 0
-    bar = tqdm(cells, desc=f"suite {suite}", unit="cell", position=0, disable=quiet())
-    for cell in bar:
-        if cell.config_hash() in done:
-            skipped += 1
-            continue
-        if deadline is not None and time.time() >= deadline:
-            not_started.append(cell.cell)
-            continue
-        bar.set_postfix_str(cell.cell)
-        cmd = [sys.executable, "-m", "benchmarks.running.runner", "--cell-json", cell.to_json(), "--out", str(out),
-               "--wandb", args.wandb, "--command", command, "--git-json", git]
+
+    def command_for(training: Training, slot: dict) -> list[str]:
+        cmd = [sys.executable, "-m", "benchmarks.running.runner", "--cells-json",
+               json.dumps([c.to_dict() for c in training.cells], sort_keys=True), "--out", str(out),
+               "--wandb", args.wandb, "--command", command, "--git-json", git, "--jobs", str(jobs),
+               "--parent-pid", str(os.getpid())]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        try:
-            rc = run_child(cmd)
-        except KeyboardInterrupt:
-            rc = EXIT_INTERRUPTED
-        if rc in (EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
-            print(f"\ninterrupted during {cell.cell}: rerun the same command to resume (finished cells are kept)",
-                  file=sys.stderr)
-            return EXIT_INTERRUPTED
-        if rc == EXIT_MISSING_DATA:
-            missing.append(cell.cell)
-            if not args.skip_missing:
-                print(f"error: stopped at cell {cell.cell} because its data is missing (message above); get the "
-                      "data, or pass --skip-missing to run the other cells", file=sys.stderr)
-                return EXIT_MISSING_DATA
+        if slot.get("cpus"):
+            cmd += ["--cpus", slot["cpus"]]
+        return cmd
+
+    bar = tqdm(total=len(ready.cells), desc=f"suite {suite}", unit="cell", position=0, disable=quiet())
+    failed, busy = [], []
+
+    def on_done(training: Training, rc: int) -> None:
+        bar.update(len(training.cells))
+        names = ", ".join(c.cell for c in training.cells)
+        if rc == EXIT_BUSY:
+            busy.append(names)
         elif rc != 0:
-            failed.append(f"{cell.cell} (exit {rc}{', diverged' if rc == EXIT_DIVERGED else ''})")
-    bar.close()
-    ran = len(cells) - skipped - len(failed) - len(missing) - len(not_started)
-    print(f"suite {suite}: {ran} cell(s) run, {skipped} already complete at this commit on {device_label}; "
-          f"rows in {folder / ROWS_FILE}")
-    if missing:
-        print(f"skipped for missing data (--skip-missing): {', '.join(missing)}")
+            failed.append(f"{names} (exit {rc}{', diverged' if rc == EXIT_DIVERGED else ''})")
+
+    try:
+        codes = launch.run_local(trainings, command_for, jobs, slots, on_done,
+                                 stop_starting=lambda: deadline is not None and time.time() >= deadline)
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume (finished cells are kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        bar.close()
+    not_started = [c.cell for t in trainings if codes[t.key] is None for c in t.cells]
+    rows = read_rows_or_empty(folder / ROWS_FILE)
+    by_hash = dict(zip(rows.config_hash.astype(str), rows.complete))
+    cut = [c.cell for t in trainings if codes[t.key] == 0 for c in t.cells if by_hash.get(c.config_hash()) is not True]
+    print(f"suite {suite}: {len(ready.cells) - len(not_started)} cell(s) in "
+          f"{sum(codes[t.key] is not None for t in trainings)} training(s) run, {len(cells) - len(pending)} already "
+          f"complete at this commit on {device_label}; rows in {folder / ROWS_FILE}")
+    if ready.missing:
+        print(f"skipped for missing data (--skip-missing): {', '.join(ready.missing)}")
+    if cut:
+        print(f"cut short by --max-minutes {args.max_minutes} (rows say complete=False): {', '.join(cut)}; rerun to continue")
     if not_started:
         print(f"not started within --max-minutes {args.max_minutes}: {', '.join(not_started)}; rerun to continue")
+    if busy:
+        print(f"skipped, being trained by another run: {'; '.join(busy)}; rerun when it has finished")
     if failed:
         print(f"error: failed cells: {'; '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_INCOMPLETE if (cut or not_started or busy) else 0
 
 
 def list_suites(args: argparse.Namespace) -> int:
     for name in [args.suite] if args.suite else available_suites():
         cells = load_suite(name)
-        print(f"{suite_name(name)} ({len(cells)} cells): {describe(name)}")
+        print(f"{suite_name(name)} ({len(cells)} cells, {len(group(cells))} trainings): {describe(name)}")
         print(format_cells(cells))
     return 0
 
 
 def tables(args: argparse.Namespace) -> int:
-    """Render tables (``benchmarks.reporting.tables.main``) and plots (``benchmarks.reporting.plots.main``) from the rows."""
+    """Render tables (``benchmarks.reporting.tables``) and plots (``benchmarks.reporting.plots``) from the rows."""
     results = Path(args.results)
     if not results.is_dir():
         raise UsageError(f"no results folder at {results}; run `python -m benchmarks.cli run --suite NAME` first")
@@ -186,25 +239,48 @@ def tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    from benchmarks.running import plan as planning
+
+    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device)
+    print(planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cli", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run (or resume) the cells of a suite")
-    r.add_argument("--suite", required=True, help=f"suite name ({', '.join(available_suites())}) or path of a .toml suite file")
+    suite_help = f"suite name ({', '.join(available_suites())}) or path of a .toml suite file"
+    r.add_argument("--suite", required=True, help=suite_help)
     r.add_argument("--cells", default=None, help="only cells whose name matches: comma-separated globs or substrings")
-    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    r.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="default: the suite's device, else auto (cuda when available)")
     r.add_argument("--seeds", default=None, help="comma-separated run seeds, replacing the suite's (e.g. 0,1,2)")
     r.add_argument("--out", default="results", help="results folder; rows go to OUT/<suite>/rows.csv")
     r.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"],
                    help="Weights & Biases mode (offline needs no account; `wandb sync` uploads later)")
     r.add_argument("--max-minutes", type=float, default=None,
-                   help="time budget: the running cell is cut short, evaluated and written with complete=False")
+                   help="time budget: running trainings are cut short, evaluated and written with complete=False; "
+                        "the run then exits 5")
     r.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per cell (default 1: timings on shared cores are otherwise unstable; "
+                   help="torch CPU threads per training (default 1: timings on shared cores are otherwise unstable; "
                         "0 = torch's default); recorded in the device column")
+    r.add_argument("--jobs", default="1",
+                   help="trainings run side by side, each pinned to its own cores (CPU) or GPU: N, or 'auto' "
+                        "(one per core on CPU, one per GPU); default 1")
     r.add_argument("--skip-missing", action="store_true", help="skip cells whose data is missing instead of stopping")
     r.set_defaults(func=run)
+    p = sub.add_parser("plan", help="distinct trainings, evaluation tasks and projected hours of a suite")
+    p.add_argument("--suite", required=True, help=suite_help)
+    p.add_argument("--cells", default=None, help="only cells whose name matches (as for run)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="the device to price (default auto)")
+    p.add_argument("--seeds", default=None, help="comma-separated run seeds, replacing the suite's")
+    p.add_argument("--results", default="results", help="results folder whose rows give measured costs")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads the probe uses (as run's --threads)")
+    p.add_argument("--no-probe", action="store_true", help="use committed rows only; never time a short probe")
+    p.set_defaults(func=plan)
     ls = sub.add_parser("list", help="list suites and their cells")
     ls.add_argument("--suite", default=None, help="only this suite")
     ls.set_defaults(func=list_suites)

@@ -63,7 +63,25 @@ def load_pool(
     return load_miniimagenet(split, part, root, cache_dir=cache_dir)
 
 
+def pool_counts(dataset: str, split: str, part: str, root: str | os.PathLike | None = None) -> tuple[int, int] | None:
+    """(classes, examples per class) of one part, or None for sine (unlimited); cheap, checks the data.
+
+    Omniglot loads its (cached) arrays, verifying the zips' checksums when the cache is built;
+    Mini-ImageNet reads only its csv, so the counts are known before the images are decoded.
+    Raises MissingDataError / DataError with the message a user needs.
+    """
+    check_names(dataset, split, part)
+    if dataset == "sine":
+        return None
+    if dataset == "miniimagenet":
+        from .miniimagenet import part_counts
+
+        return part_counts(split, part, root)
+    pool = load_pool(dataset, split, part, root)
+    return pool.num_classes, pool.examples_per_class
+
+
 __all__ = [
     "VALID", "ClassPool", "DataError", "MissingDataError", "SinePool", "TaskBatch",
-    "check_names", "load_pool", "stack_tasks", "task_generator",
+    "check_names", "load_pool", "pool_counts", "stack_tasks", "task_generator",
 ]

@@ -95,6 +95,22 @@ def build_part(root: Path, csv_path: Path) -> dict[str, np.ndarray]:
     return {"images": images, "labels": np.array(labels)}
 
 
+def _root_and_csv(part: str, root) -> tuple[Path, Path]:
+    root = Path(root if root is not None else os.environ.get("MINIIMAGENET_ROOT") or Path("data") / "miniimagenet")
+    csv_path = root / f"{part}.csv"
+    if not root.is_dir() or not csv_path.is_file() or not (root / "images").is_dir():
+        raise MissingDataError(f"Mini-ImageNet not found: {csv_path} or {root / 'images'} is missing.\n" + LAYOUT.format(root=root))
+    return root, csv_path
+
+
+def part_counts(split: str, part: str, root: str | os.PathLike | None = None) -> tuple[int, int]:
+    """(classes, images per class) of one part, from its csv alone (no image is decoded)."""
+    if split not in SPLITS or part not in PARTS:
+        raise ValueError(f"unknown Mini-ImageNet split/part {split!r}/{part!r}; valid: {SPLITS} / {PARTS}")
+    groups = read_csv(_root_and_csv(part, root)[1])
+    return len(groups), len(next(iter(groups.values())))
+
+
 def load_miniimagenet(
     split: str,
     part: str,
@@ -107,10 +123,7 @@ def load_miniimagenet(
         raise ValueError(f"unknown Mini-ImageNet split {split!r}; valid splits: {', '.join(SPLITS)}")
     if part not in PARTS:
         raise ValueError(f"unknown Mini-ImageNet part {part!r}; valid parts: {', '.join(PARTS)}")
-    root = Path(root if root is not None else os.environ.get("MINIIMAGENET_ROOT") or Path("data") / "miniimagenet")
-    csv_path = root / f"{part}.csv"
-    if not root.is_dir() or not csv_path.is_file() or not (root / "images").is_dir():
-        raise MissingDataError(f"Mini-ImageNet not found: {csv_path} or {root / 'images'} is missing.\n" + LAYOUT.format(root=root))
+    root, csv_path = _root_and_csv(part, root)
     meta = {"dataset": "miniimagenet", "split": split, "part": part, "version": CACHE_VERSION, "csv_md5": archive.md5_file(csv_path)}
     path = archive.cache_file(root, f"miniimagenet-{split}-{part}-v{CACHE_VERSION}.npz", cache_dir)
     arrays = archive.load_npz_checked(path, meta)

@@ -95,7 +95,8 @@ def test_huge_learning_rate_diverges_at_a_named_iteration(algorithm):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("num_tasks", 0, r"num_tasks must be in \[1, 2\*\*24\]"),
+        ("num_tasks", 0, r"num_tasks must be an integer in \[2, 2\*\*24\]"),
+        ("num_tasks", 1, r"a 95% CI needs at least two tasks"),
         ("seed", 256, r"seed must be an integer in \[0, 256\)"),
         ("query", 0, "query must be >= 1"),
         ("inner_steps", -1, "inner_steps must be >= 0"),
@@ -113,9 +114,9 @@ def test_invalid_eval_settings_are_refused(field, value, message):
 def test_evaluator_checks_output_size_and_support_shapes():
     pool = ClassPool(torch.rand(4, 3, 1, 5, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="outputs 3 classes but the task has 4 ways"):
-        evaluate(tiny_bn_net(ways=3), pool, ways=4, shots=1, config=EvalConfig(num_tasks=1, inner_steps=1))
+        evaluate(tiny_bn_net(ways=3), pool, ways=4, shots=1, config=EvalConfig(num_tasks=2, inner_steps=1))
     with pytest.raises(ValueError, match="outputs 3 classes but the task has 4 ways"):
-        evaluate(tiny_bn_net(ways=3), pool, ways=4, shots=1, config=EvalConfig(num_tasks=1, inner_steps=0))
+        evaluate(tiny_bn_net(ways=3), pool, ways=4, shots=1, config=EvalConfig(num_tasks=2, inner_steps=0))
     batch = tiny_classification_batch()
     with pytest.raises(ValueError, match="without its task dimension"):
         adapt(tiny_bn_net(), batch.support_x, batch.support_y[0], EvalConfig(), finetune_generator(0, 0))

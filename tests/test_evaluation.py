@@ -110,8 +110,8 @@ def test_summary_uses_sample_std():
     std = math.sqrt((50**2 + 50**2) / 3)  # ddof = 1
     assert (r.mean, r.n) == (50.0, 4)
     assert r.std == pytest.approx(std) and r.ci95 == pytest.approx(1.96 * std / 2)
-    single = summarize([42.0], "accuracy")
-    assert single.mean == 42.0 and math.isnan(single.ci95)
+    with pytest.raises(ValueError, match="at least two tasks"):  # a one-task "CI" would be NaN in every file
+        summarize([42.0], "accuracy")
 
 
 def test_finetune_order_depends_on_seed_and_index_only():

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.records import rows as results
+from _rows import valid_row
 from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, ResultsFormatError, read_rows, write_curves, write_row
 
 
@@ -16,15 +17,12 @@ DEVICE = "cpu: Test CPU (1 thread)"
 
 
 def make_row(**over) -> dict:
-    row = {c: None for c in COLUMNS}
-    row.update(schema_version=SCHEMA_VERSION, suite="s", cell="c", algorithm="reptile", backend="reference",
-               dataset="sine", split="maml", ways=1, shots=10, transductive=False, first_order=True, inner_steps=5,
-               eval_inner_steps=10, seed=0, meta_iterations=10, iterations_run=10, complete=True, meta_batch=2,
-               final_train_loss=0.5, metric="mse", metric_mean=1.25, metric_ci95=0.1, eval_tasks=20,
-               peak_memory_bytes=123, memory_kind="cpu_rss", autograd_saved_bytes=None, git_commit="c0ffee", git_dirty=False,
-               device=DEVICE, config_json='{"a": 1}', config_hash="0123456789ab", command="python -m benchmarks.cli run")
-    row.update(over)
-    return row
+    base = dict(suite="s", cell="c", dataset="sine", split="maml", ways=1, shots=10, first_order=True, inner_steps=5,
+                eval_inner_steps=10, meta_iterations=10, iterations_run=10, meta_batch=2, metric="mse",
+                metric_mean=1.25, metric_ci95=0.1, eval_tasks=20, peak_memory_bytes=123, autograd_saved_bytes=None,
+                git_commit="c0ffee", device=DEVICE, config_json='{"a": 1}', config_hash="0123456789ab",
+                command="python -m benchmarks.cli run")
+    return valid_row(**{**base, **over})
 
 
 def test_round_trip_keeps_values_and_types(tmp_path):
@@ -162,4 +160,4 @@ def test_concurrent_writers_lose_no_row(tmp_path):
 
 def _write_many(path, k):
     for i in range(15):
-        write_row(path, make_row(config_hash=f"{k:02d}{i:010d}", cell=f"c{k}-{i}"))
+        write_row(path, make_row(config_hash=f"{k:02d}{i:010x}", cell=f"c{k}-{i}"))

@@ -60,7 +60,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 def interrupt_after_first_checkpoint(suite: Path, out: Path, sig: int) -> tuple[int, str]:
     proc = cli(suite, out, start_new_session=True)
-    ckpt = out / "suite" / "checkpoints" / "long-maml-0.pt"
+    ckpt = long_checkpoint(suite, out)
     deadline = time.time() + 240
     while not ckpt.exists():
         assert proc.poll() is None, f"run ended before its first checkpoint:\n{finish(proc)[1]}"
@@ -71,6 +71,15 @@ def interrupt_after_first_checkpoint(suite: Path, out: Path, sig: int) -> tuple[
     rows = read_rows(out / "suite" / "rows.csv")
     assert "long-maml" not in set(rows.cell), "the long cell finished before the kill: make it longer"
     return rc, log
+
+
+def long_checkpoint(suite: Path, out: Path) -> Path:
+    from benchmarks import cli as cli_module
+    from benchmarks.running import runner
+    from benchmarks.running.suites import load_suite
+
+    (long,) = [c for c in cli_module.with_device(load_suite(str(suite)), "cpu") if c.cell == "long-maml"]
+    return runner.checkpoint_path(out, long)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,7 @@ def test_sigterm_to_the_run_stops_its_cell_too(suite_file, tmp_path):
     """A SIGTERM sent to the CLI alone (a scheduler, `kill PID`) must not leave the cell's process running
     on, to write its row later or train beside the rerun."""
     proc = cli(suite_file, tmp_path, start_new_session=True)
-    ckpt = tmp_path / "suite" / "checkpoints" / "long-maml-0.pt"
+    ckpt = long_checkpoint(suite_file, tmp_path)
     deadline = time.time() + 240
     while not ckpt.exists():
         assert proc.poll() is None and time.time() < deadline, finish(proc)[1] if proc.poll() is not None else "slow"
@@ -146,9 +155,11 @@ def test_ctrl_c_in_a_cell_keeps_its_checkpoint_and_resumes(suite_file, uninterru
     from benchmarks.running.suites import load_suite
 
     torch.set_num_threads(1)
-    short = replace(load_suite(str(suite_file))[0], checkpoint_every=2)
+    from benchmarks import cli as cli_module
+
+    short = replace(cli_module.with_device(load_suite(str(suite_file)), "cpu")[0], checkpoint_every=2)
     assert short.cell == "short-fomaml" and short.meta_iterations == 3
-    args = ["--cell-json", short.to_json(), "--out", str(tmp_path), "--wandb", "disabled"]
+    args = ["--cells-json", f"[{short.to_json()}]", "--out", str(tmp_path), "--wandb", "disabled"]
     real_step = MAML.meta_step
 
     def ctrl_c_in_third_step(self, batch):
@@ -158,7 +169,7 @@ def test_ctrl_c_in_a_cell_keeps_its_checkpoint_and_resumes(suite_file, uninterru
 
     monkeypatch.setattr(MAML, "meta_step", ctrl_c_in_third_step)
     assert runner.main(args) == runner.EXIT_INTERRUPTED
-    assert "resumes from its last checkpoint" in capsys.readouterr().err
+    assert "resume from the last checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "suite" / "rows.csv").exists()
     monkeypatch.undo()
     assert runner.main(args) == 0

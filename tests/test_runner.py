@@ -30,9 +30,10 @@ def one_thread():
 def tiny_cell(algorithm: str = "maml", **over) -> CellConfig:
     cell = CellConfig(
         suite="t", cell=f"sine-{algorithm}", dataset="sine", split="maml", ways=1, shots=5, train_query=5,
-        meta_batch=2, meta_iterations=6, checkpoint_every=2, eval_every=3, curve_tasks=2,
+        meta_batch=2, meta_iterations=6, checkpoint_every=2, eval_every=3, curve_tasks=2, device="cpu",
         learner=MetaConfig(algorithm=algorithm, inner_steps=1, inner_lr=0.01, inner_optimizer="sgd", meta_lr=0.01),
-        eval=EvalConfig(num_tasks=8, query=20, inner_steps=2, inner_optimizer="sgd", inner_lr=0.01, inner_batch=0, seed=100),
+        eval=EvalConfig(num_tasks=8, query=20, inner_steps=2, inner_optimizer="sgd", inner_lr=0.01, inner_batch=0, seed=100,
+                        mode="serial"),
     )
     return replace(cell, **over).validate()
 
@@ -177,8 +178,9 @@ def test_saved_bytes_order_of_algorithms_and_learner_untouched():
 
 
 def test_main_rejects_bad_cell_json(capsys):
-    assert runner.main(["--cell-json", '{"suite": "t"}']) == runner.EXIT_BAD_CONFIG
-    assert "bad --cell-json" in capsys.readouterr().err
+    assert runner.main(["--cells-json", '[{"suite": "t"}]']) == runner.EXIT_BAD_CONFIG
+    assert "bad --cells-json" in capsys.readouterr().err
+    assert runner.main(["--cells-json", '[]']) == runner.EXIT_BAD_CONFIG
 
 
 def test_tracker_hooks_are_called_and_a_failing_tracker_loses_nothing(tmp_path, monkeypatch):
@@ -232,7 +234,7 @@ def test_smoke_suite_omniglot_cells_end_to_end(omniglot_root, tmp_path, monkeypa
     from benchmarks.running.suites import load_suite
 
     monkeypatch.setenv("OMNIGLOT_ROOT", str(omniglot_root))
-    rows = {c.learner.algorithm: run(c, tmp_path) for c in load_suite("smoke") if c.dataset == "omniglot"}
+    rows = {c.learner.algorithm: run(replace(c, device="cpu"), tmp_path) for c in load_suite("smoke") if c.dataset == "omniglot"}
     assert set(rows) == {"reptile", "fomaml", "maml"}
     for row in rows.values():
         assert row["metric"] == "accuracy" and 0 <= row["metric_mean"] <= 100 and row["eval_tasks"] == 20
@@ -278,7 +280,7 @@ def test_command_line_is_retypeable():
 def test_diverged_cell_exits_4_and_writes_no_row(tmp_path, capsys):
     cell = tiny_cell()
     cell = replace(cell, learner=replace(cell.learner, inner_lr=1e30))
-    args = ["--cell-json", cell.to_json(), "--out", str(tmp_path), "--wandb", "disabled"]
+    args = ["--cells-json", f"[{cell.to_json()}]", "--out", str(tmp_path), "--wandb", "disabled"]
     assert runner.main(args) == runner.EXIT_DIVERGED
     assert "diverged, no row written" in capsys.readouterr().err
     assert not (tmp_path / "t" / "rows.csv").exists()

@@ -196,7 +196,7 @@ def test_suite_path_is_relative_to_the_current_directory(tmp_path, monkeypatch, 
     smoke = [c.to_dict() for c in load_suite("smoke")]
     assert [c.to_dict() for c in load_suite("benchmarks/suites/smoke.toml")] == smoke
     assert cli.main(["list", "--suite", "benchmarks/suites/smoke.toml"]) == 0
-    assert "smoke (6 cells)" in capsys.readouterr().out
+    assert "smoke (6 cells, 6 trainings)" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "smoke.toml").write_text('[[group]]\nname = "mine"\ndataset = "omniglot"\n')

@@ -13,26 +13,15 @@ import pandas as pd
 import pytest
 
 from benchmarks.reporting import tables
-from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, write_csv_atomic
+from _rows import valid_row
+from benchmarks.records.rows import COLUMNS, write_csv_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def fake_row(**kw) -> dict:
-    """One schema-complete row; every number here is invented for the test and never leaves tmp_path."""
-    row = dict.fromkeys(COLUMNS)
-    row.update(schema_version=SCHEMA_VERSION, suite="paper", cell="c", algorithm="reptile", backend="reference",
-               dataset="omniglot", split="paper", ways=5, shots=1, transductive=False, first_order=False,
-               inner_steps=5, eval_inner_steps=50, seed=0, meta_iterations=1000, iterations_run=1000,
-               complete=True, meta_batch=5, final_train_loss=0.5, metric="accuracy", metric_mean=95.0,
-               metric_ci95=0.5, eval_tasks=600, peak_memory_bytes=2 ** 20, memory_kind="cpu_rss",
-               autograd_saved_bytes=0, step_time_median_s=0.1, step_time_total_s=100.0, eval_time_s=1.0,
-               total_time_s=101.0, device="cpu: TestCPU", torch_version="2.13.0", python_version="3.11",
-               cuda_version="", git_commit="a" * 40, git_dirty=False, command="test", config_json="{}",
-               config_hash="h", date="2026-01-01")
-    row.update(kw)
-    row["config_hash"] = f"{row['cell']}-{row['seed']}-{row['inner_steps']}"
-    return row
+    """One schema-complete row (``_rows.valid_row``); every number here is invented for the test."""
+    return valid_row(**kw)
 
 
 def write_suite(results: Path, suite: str, rows: list[dict]) -> None:
@@ -155,8 +144,8 @@ def test_comparison_from_scaling_rows(tmp_path):
         for k in (1, 2, 5, 10, 20)])
     write_suite(res, "default", [fake_row(cell="d-maml", algorithm="maml", split="small", transductive=True,
                                           metric_mean=91.0, metric_ci95=1.0),
-                                 # A sine row has no ways: the empty cell must not turn "5-way" into "5.0-way".
-                                 fake_row(cell="d-sine", dataset="sine", split="", ways=None, shots=10,
+                                 # A cost-only row (no metric) beside them must not turn "5-way" into "5.0-way".
+                                 fake_row(cell="d-sine", dataset="sine", split="maml", ways=1, shots=10,
                                           metric="mse", metric_mean=0.12345, metric_ci95=0.01)])
     tables.main(res, tmp_path / "t", REPO / "results" / "reference" / "published.csv")
     cmp = (tmp_path / "t" / "comparison.md").read_text()

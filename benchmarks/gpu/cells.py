@@ -38,11 +38,12 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.reporting.table_format import write_text_atomic
 from benchmarks.records.rows import ROWS_FILE, read_rows_or_empty
+from benchmarks.cli import with_device
+from benchmarks.running.process import EXIT_INCOMPLETE
 from benchmarks.running.suites import load_suite, suite_name, suite_path
 
 ALG_ORDER = {"reptile": 0, "fomaml": 1, "maml": 2}
@@ -232,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_cell(cmd, hard)
         wall = time.time() - started
         rows = read_rows_or_empty(rows_file)
-        # The CLI hashes the cell with the device it resolved, so must we (else no row would ever match).
-        row = rows[(rows.cell == cell.cell) & (rows.config_hash.astype(str) == replace(cell, device=args.device).config_hash())]
+        # The CLI hashes the cell with the device (and evaluation mode) it resolved, so must we.
+        resolved = with_device([cell], args.device)[0]
+        row = rows[(rows.cell == cell.cell) & (rows.config_hash.astype(str) == resolved.config_hash())]
         if not row.empty:  # a row written just before a kill (rc 124) still counts: it is complete data
             r = row.iloc[-1]
             cut = r["complete"] != True  # noqa: E712 (object column)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{cell.cell}: window {window:.0f} s, wall {wall:.0f} s, tail {measured:.0f} s, "
                 f"{int(r['iterations_run'])}/{int(r['meta_iterations'])} iterations, complete={not cut}, "
                 f"{r['metric']} {r['metric_mean']:.2f} +- {r['metric_ci95']:.2f}"
-                + ("" if rc == 0 else f" (row written, but the process was stopped at exit: status {rc})"))
+                + ("" if rc in (0, EXIT_INCOMPLETE) else f" (row written, but the process was stopped at exit: status {rc})"))
         else:
             failed += 1
             log(f"{cell.cell}: FAILED (exit {rc}, wall {wall:.0f} s, window {window:.0f} s, hard limit {hard:.0f} s)")

@@ -28,7 +28,8 @@ import pandas as pd  # noqa: E402
 
 from benchmarks.records.rows import read_curves  # noqa: E402
 from datasets.archive import atomic_write  # noqa: E402
-from benchmarks.reporting.tables import SKIP_DIRS, is_scaling, load_rows  # noqa: E402
+from benchmarks.records.collect import SKIP_DIRS, load_rows  # noqa: E402
+from benchmarks.reporting.tables import is_scaling  # noqa: E402
 
 COLOURS = {"reptile": "tab:blue", "fomaml": "tab:orange", "maml": "tab:red"}
 MIB = 2 ** 20

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.records.rows import read_rows
+from benchmarks.records.collect import latest, load_rows  # noqa: F401 (load_rows: also what tests read)
 from benchmarks.reporting.table_format import fmt_bytes, fmt_pm, latex_escape, table_latex, table_markdown, write_text_atomic  # noqa: F401
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
-SKIP_DIRS = {"reference", "tables", "plots", "perf"}
 PAPER_SPLITS = {"omniglot": "paper", "miniimagenet": "ravi"}
 NAMES = {"maml": "MAML", "fomaml": "1st-order MAML", "reptile": "Reptile"}
 PROTOCOLS = [("maml", True), ("fomaml", True), ("reptile", False), ("reptile", True)]  # the paper's rows
@@ -57,33 +56,6 @@ NOTE = ("Our cells: mean ± 95% CI (n = evaluation tasks per seed, meta-iteratio
         "'incomplete': the run was cut short by a budget. 'not run': no row for that cell. Only rows of the "
         "paper's splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill Tables 1 and 2. Published: Nichol et "
         "al. 2018 (arXiv 1803.02999) Tables 1-2; their MAML rows are Finn et al. 2017's.")
-
-
-def load_rows(results_dir: str | Path) -> tuple[pd.DataFrame, list[Path]]:
-    """The rows of ``<results_dir>/*/rows.csv`` (not reference/, tables/, plots/, perf/) and the files read.
-
-    Only the newest row of each (suite, cell, device, seed) is kept (``latest``).
-    """
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise FileNotFoundError(f"results folder {results_dir} does not exist; run "
-                                "`python -m benchmarks.cli run --suite default` first, or pass --results-dir")
-    files = sorted(p for p in results_dir.glob("*/rows.csv") if p.parent.name not in SKIP_DIRS)
-    frames = [f for f in (read_rows(p).assign(rows_file=str(p)) for p in files) if not f.empty]
-    return (latest(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()), files
-
-
-def latest(rows: pd.DataFrame) -> pd.DataFrame:
-    """The newest row (by ``date``) of each (suite, cell, device, seed); the others stay in the files as history.
-
-    A rerun of a cell under the same config replaces its row in the file (``results.write_row``); a
-    rerun under another config (new code changed a default, a suite was edited) adds a row with
-    another hash. Without this, both would be averaged as if they were two seeds.
-    """
-    keys = ["suite", "cell", "device", "seed"]
-    # ISO-8601 UTC dates sort as text; a row without a date counts as the oldest.
-    ordered = rows.sort_values("date", kind="stable", na_position="first")
-    return ordered.drop_duplicates(keys, keep="last").sort_index()
 
 
 def load_published(path: str | Path) -> pd.DataFrame:

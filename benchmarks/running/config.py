@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from algorithms.base import MetaConfig
 from algorithms.evaluation import EvalConfig
+from datasets import check_names
 from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
@@ -59,8 +61,9 @@ class CellConfig:
     seed: int = 0
     """Run seed: model initialisation, training task stream and inner minibatch order (not the evaluation pool,
     whose seed is ``eval.seed`` so every algorithm sees the same tasks)."""
-    device: str = "cpu"
-    """``cpu`` or ``cuda`` (``cuda:N``); the CLI resolves ``auto`` before the config is hashed."""
+    device: str = "auto"
+    """``cpu``, ``cuda`` (``cuda:N``) or ``auto`` (CUDA when available); the CLI resolves it before the config
+    is hashed. A suite may pin a device; ``--device`` then must agree with it."""
     eval_every: int = 0
     """Small periodic evaluation for the learning curve every this many iterations (0 = none)."""
     curve_tasks: int = 0
@@ -71,6 +74,13 @@ class CellConfig:
     """Dataset part used for meta-training."""
     eval_part: str = "test"
     """Dataset part holding the evaluation classes (never seen in meta-training)."""
+    diverge_factor: float = 100.0
+    """Divergence rule: training stops with an error (and no row) when the training loss stays above this many
+    times the reference loss (the initial meta-parameters' loss on the first meta-batch's support sets, no
+    adaptation) for ``diverge_patience`` consecutive meta-steps; a NaN or inf loss stops it at once. At
+    evaluation, a task whose last fine-tuning loss is this many times its first is a diverged evaluation."""
+    diverge_patience: int = 5
+    """Consecutive meta-steps above the divergence threshold that stop training (see ``diverge_factor``)."""
 
     def __post_init__(self) -> None:
         if self.train_shots is None:
@@ -93,7 +103,7 @@ class CellConfig:
         if self.dataset == "sine" and self.ways != 1:
             raise ValueError(f"{where}: sine regression has ways = 1, got ways = {self.ways}")
         ints = ("ways", "shots", "train_shots", "train_query", "meta_batch", "meta_iterations", "seed",
-                "eval_every", "curve_tasks", "checkpoint_every")
+                "eval_every", "curve_tasks", "checkpoint_every", "diverge_patience")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -101,7 +111,15 @@ class CellConfig:
         for name in ("suite", "cell", "split", "device", "train_part", "eval_part"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{where}: {name} must be a string, got {getattr(self, name)!r}")
-        positive = ("ways", "shots", "train_shots", "meta_batch", "meta_iterations", "checkpoint_every")
+        for part in ("train_part", "eval_part"):
+            try:
+                check_names(self.dataset, self.split, getattr(self, part))
+            except ValueError as e:
+                raise ValueError(f"{where}: {part}: {e}") from None
+        if isinstance(self.diverge_factor, bool) or not isinstance(self.diverge_factor, (int, float)) \
+                or not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
+            raise ValueError(f"{where}: diverge_factor must be a finite number > 1, got {self.diverge_factor!r}")
+        positive = ("ways", "shots", "train_shots", "meta_batch", "meta_iterations", "checkpoint_every", "diverge_patience")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
@@ -126,12 +144,13 @@ class CellConfig:
             # Sine's train and test tasks come from one family, kept apart only by the sampling seed.
             raise ValueError(f"{where}: eval.seed ({self.eval.seed}) equals the training seed; sine would be "
                              "evaluated on its training tasks: pick an eval.seed that no run seed uses")
-        if self.eval_every and (self.curve_tasks < 1 or self.eval.num_tasks < 1):
-            raise ValueError(f"{where}: eval_every > 0 needs curve_tasks >= 1 and eval.num_tasks >= 1")
+        if self.eval_every and (self.curve_tasks < 2 or self.eval.num_tasks < 2):
+            raise ValueError(f"{where}: eval_every > 0 needs curve_tasks >= 2 (a 95% CI needs two tasks) and "
+                             "eval.num_tasks >= 2")
         if self.curve_tasks > self.eval.num_tasks:
             raise ValueError(f"{where}: curve_tasks ({self.curve_tasks}) exceeds eval.num_tasks ({self.eval.num_tasks})")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"{where}: device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if not (self.device in ("cpu", "auto") or self.device.startswith("cuda")):
+            raise ValueError(f"{where}: device must be 'cpu', 'cuda[:N]' or 'auto', got {self.device!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

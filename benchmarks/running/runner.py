@@ -1,32 +1,34 @@
-"""Run ONE benchmark cell: meta-train (resuming from its checkpoint), evaluate, measure, write its row.
+"""Run ONE shared training and every cell it serves: meta-train (resuming), evaluate each cell, write its row.
 
-The CLI (``python -m benchmarks.cli run``) starts this module once per cell, in a
-fresh process, so that the CPU peak-RSS column belongs to that cell alone:
+The CLI (``python -m benchmarks.cli run``) starts this module once per distinct training
+(``benchmarks.running.trainings``), in a fresh process, so the CPU peak-RSS column belongs to it alone:
 
-    python -m benchmarks.running.runner --cell-json '{"suite": "smoke", ...}' --out results
+    python -m benchmarks.running.runner --cells-json '[{"suite": "smoke", ...}, ...]' --out results
 
-Resuming: a checkpoint ``<out>/<suite>/checkpoints/<cell>-<seed>.pt`` is written
-atomically every ``checkpoint_every`` iterations, at the end of training and when a
-``--deadline`` cuts training short. It holds the learner's state, the curve and the
-step times so far, the code state and the device: a checkpoint of other code (another commit, or
-other uncommitted changes) or of another device or thread count is not resumed.
-Training batch ``it`` is ``pool.sample_batch(..., seed=cell.seed, indices=range(it *
-meta_batch, (it + 1) * meta_batch))``, a pure function of (seed, iteration), so a
-resumed run computes exactly what an uninterrupted one does.
+Every cell still gets its own row, curve (its own protocol's periodic evaluation, run during the shared
+training), per-task scores and wandb run; rows name the training (``training_key``).
 
-Measurement (see ``benchmarks/running/measure.py``): step times around ``meta_step`` only; one
-extra outer update on a copy of the learner, on the batch after the last planned one,
-for the autograd bytes; the CPU peak RSS or CUDA allocator peak at the end of the cell.
-``--threads`` (the CLI passes 1 by default) fixes torch's CPU thread count.
+Resuming: a checkpoint ``<out>/<suite>/checkpoints/<training key>.pt`` is written atomically every
+``checkpoint_every`` iterations (the smallest of the cells'), at the end of training and when a
+``--deadline`` cuts training short (see ``checkpoints``). Training batch ``it`` is
+``pool.sample_batch(..., seed=cell.seed, indices=range(it * meta_batch, (it + 1) * meta_batch))``, a pure
+function of (seed, iteration), so a resumed run computes exactly what an uninterrupted one does. A
+finished training's checkpoint lets cells whose rows are missing be evaluated without retraining.
 
-Exit codes: 0 row written; 2 bad cell config; 3 data missing; 4 training diverged
-(no row: no number is reported for a diverged run); 130 interrupted.
+Divergence: a NaN/inf loss, or a loss above ``diverge_factor`` x the reference loss for
+``diverge_patience`` consecutive meta-steps (``CellConfig``), stops the training with no row.
+
+Measurement (see ``measure``): step times around ``meta_step`` only; one extra outer update on a copy
+of the learner, on the batch after the last planned one, for the autograd bytes; the CPU peak RSS or CUDA
+allocator peak when each row is written.
+
+Exit codes: 0 every row written; 2 bad cell config; 3 data missing or damaged; 4 training or an
+evaluation diverged (no row for it); 5 another process is running this training; 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -38,68 +40,24 @@ import torch
 from tqdm import tqdm
 
 from algorithms import DivergedError, build_learner, build_model
+from algorithms.base import task_loss
 from algorithms.evaluation import evaluate
-from datasets import MissingDataError, load_pool
-from datasets.archive import atomic_write
-
 from benchmarks.records import provenance
-from benchmarks.running import measure
+from benchmarks.records.rows import ROWS_FILE, write_result  # noqa: F401 (ROWS_FILE: for callers)
+from benchmarks.running import checkpoints, measure
 from benchmarks.running.config import CellConfig
-from benchmarks.records.rows import COLUMNS, CURVES_FILE, ROWS_FILE, SCHEMA_VERSION, write_curves, write_row
-
-EXIT_BAD_CONFIG, EXIT_MISSING_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 4, 130
-
-
-def quiet() -> bool | None:
-    """tqdm's ``disable``: always off under CI, else None (tqdm then hides bars when not a TTY)."""
-    return True if os.environ.get("CI") else None
-
-
-def show_progress() -> bool:
-    """For code that takes a plain on/off flag (the evaluator): a TTY and no CI."""
-    return quiet() is None and sys.stderr.isatty()
-
-
-def checkpoint_path(out: Path, cell: CellConfig) -> Path:
-    return Path(out) / cell.suite / "checkpoints" / f"{cell.cell}-{cell.seed}.pt"
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never half a checkpoint."""
-    with atomic_write(path) as f:
-        torch.save(state, f)
-
-
-def load_checkpoint(path: Path, cell: CellConfig, code_state: str, device: str) -> dict[str, Any] | None:
-    """The saved state of this exact cell config written by this code (``provenance.code_state``) on
-    ``device`` (``provenance.device_name``, thread count included), or None.
-
-    A checkpoint of other code is not resumed: the row would carry this commit while (part of)
-    its training ran on other code. Nor is one of another device or thread count: the row's
-    step times would mix two machines under one device name.
-    """
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config_hash") != cell.config_hash():
-        print(f"note: {path} was written for another configuration of {cell.cell}; starting it afresh", file=sys.stderr)
-        return None
-    if state.get("code_state") != code_state:
-        print(f"note: {path} was written by code at {str(state.get('code_state'))[:29] or 'unknown'}, not this "
-              f"checkout's {code_state[:29] or 'unknown'}; starting {cell.cell} afresh", file=sys.stderr)
-        return None
-    if state.get("device") != device:
-        print(f"note: {path} was written on {state.get('device')}, not {device}; starting {cell.cell} afresh",
-              file=sys.stderr)
-        return None
-    return state
+from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED, \
+    bind_to_parent, pin_cpus, quiet, show_progress
+from benchmarks.running.row import make_row
+from benchmarks.running.trainings import Training, group, training_key
+from datasets import DataError, load_pool
 
 
 def start_tracker(cell: CellConfig, mode: str, run_id: str | None = None):
-    """``benchmarks.running.tracking`` hooks when that module exists and tracking is not disabled, else None.
+    """``benchmarks.running.tracking`` hooks when tracking is not disabled, else None.
 
     Tracking is a view of the rows, never a reason to lose one: a failing tracker is
-    reported and dropped, and the cell goes on.
+    reported and dropped, and the training goes on.
     """
     if mode == "disabled":
         return None
@@ -124,11 +82,6 @@ def tracked(tracker, method: str, *args) -> object:
         return None
 
 
-def _logged(point: dict[str, Any]) -> dict[str, Any]:
-    """A curve point as logged to wandb: the metrics it has, keyed by iteration elsewhere."""
-    return {k: v for k, v in point.items() if v is not None and k != "iteration"}
-
-
 def past_deadline(deadline: float | None) -> bool:
     """Checked before every meta-step: has the run's ``--max-minutes`` budget (a Unix time) run out?"""
     return deadline is not None and time.time() >= deadline
@@ -140,67 +93,110 @@ def train_batch(pool, cell: CellConfig, iteration: int):
                              indices=range(iteration * mb, (iteration + 1) * mb)).to(cell.device)
 
 
-def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: str = "offline",
-             command: str = "", git: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Meta-train, evaluate and measure ``cell``; write its curve and row under ``out``; return the row.
+@torch.no_grad()
+def reference_loss(model, batch) -> float:
+    """The divergence rule's yardstick: the unadapted model's mean loss on the meta-batch's support sets."""
+    p = next(model.parameters())
+    batch = batch.to(p.device, dtype=p.dtype)
+    return float(torch.stack([task_loss(model(batch.support_x[t]), batch.support_y[t]) for t in range(len(batch))]).mean())
+
+
+def check_divergence(loss: float, state: dict[str, Any], cell: CellConfig, iteration: int) -> None:
+    """Raise DivergedError when the loss has stayed above the threshold for ``diverge_patience`` steps."""
+    limit = cell.diverge_factor * max(state["reference_loss"], 1e-12)
+    state["above"] = state["above"] + 1 if loss > limit else 0
+    if state["above"] >= cell.diverge_patience:
+        raise DivergedError(
+            f"training loss {loss:.3g} at meta-iteration {iteration} has been above {cell.diverge_factor:g} x the "
+            f"starting loss {state['reference_loss']:.3g} for {state['above']} consecutive meta-steps "
+            f"(diverge_factor / diverge_patience in the cell config); the run is stopped and no result is "
+            f"reported: lower the learning rates ({cell.learner.algorithm}: inner_lr={cell.learner.inner_lr}, "
+            f"meta_lr={cell.learner.meta_lr})")
+
+
+def run_training(cells: list[CellConfig], out: Path, deadline: float | None = None, wandb: str = "offline",
+                 command: str = "", git: dict[str, Any] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+    """Train once (resuming), evaluate every cell of ``cells`` (one shared training); write and return their rows.
 
     ``git``: ``provenance.git_state`` read once by the caller when the whole run started (read now when None).
+    Raises DivergedError (training), or, after writing every other row, the first evaluation's DivergedError.
     """
-    cell.validate()
-    started = time.perf_counter()
+    trainings = group([c.validate() for c in cells])
+    if len(trainings) != 1:
+        raise ValueError(f"run_training takes the cells of ONE training; got {len(trainings)}: "
+                         f"{[t.name for t in trainings]}")
+    training = trainings[0]
     out = Path(out)
-    git = git if git is not None else provenance.git_state(exclude=out)
-    device = cell.device
-    measure.reset_peak(device)
-    train_pool = load_pool(cell.dataset, cell.split, cell.train_part)
-    eval_pool = load_pool(cell.dataset, cell.split, cell.eval_part) if cell.eval.num_tasks else None
+    ckpt = checkpoints.checkpoint_path(out, training.first.suite, training.key)
+    with checkpoints.lock(ckpt.with_suffix(".lock"), f"training {training.name}"):
+        return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs)
 
-    torch.manual_seed(cell.seed)
-    model = build_model(cell.dataset, cell.ways).to(device)
-    learner = build_learner(cell.learner, model, total_iterations=cell.meta_iterations, seed=cell.seed)
-    ckpt = checkpoint_path(out, cell)
+
+def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, command, git, jobs) -> list[dict[str, Any]]:
+    started = time.perf_counter()
+    first = training.first
+    git = git if git is not None else provenance.git_state(exclude=out)
+    device = first.device
+    measure.reset_peak(device)
+    train_pool = load_pool(first.dataset, first.split, first.train_part)
+    eval_pools = {c.cell: load_pool(c.dataset, c.split, c.eval_part) for c in training.cells if c.eval.num_tasks}
+
+    torch.manual_seed(first.seed)
+    model = build_model(first.dataset, first.ways).to(device)
+    learner = build_learner(first.learner, model, total_iterations=first.meta_iterations, seed=first.seed)
     code = str(git.get("code_state", git["git_commit"]))
     device_label = provenance.device_name(device)
-    state = load_checkpoint(ckpt, cell, code, device_label)
-    curve: list[dict[str, Any]] = []
+    state = checkpoints.load(ckpt, training.key, code, device_label, training.name)
     times = measure.StepTimes()
-    elapsed_before = 0.0
-    wandb_id = uuid.uuid4().hex[:8]  # one wandb run per cell: kept in the checkpoint, reused on resume
+    run: dict[str, Any] = {"losses": [], "evals": {c.cell: {} for c in training.cells},
+                           "curve_s": {c.cell: 0.0 for c in training.cells}, "elapsed_s": 0.0,
+                           "wandb": {c.cell: uuid.uuid4().hex[:8] for c in training.cells},
+                           "reference_loss": None, "above": 0}
     if state is not None:
-        print(f"resuming {cell.cell} (seed {cell.seed}) from iteration {state['iteration']}", file=sys.stderr)
+        print(f"resuming {training.name} (seed {first.seed}) from iteration {state['iteration']}", file=sys.stderr)
         learner.load_state_dict(state["learner"])
-        curve, times.seconds, elapsed_before = list(state["curve"]), list(state["step_times"]), float(state["elapsed_s"])
-        wandb_id = str(state.get("wandb_id") or wandb_id)
+        times.seconds = list(state["step_times"])
+        saved = state["run"]
+        for key in ("losses", "elapsed_s", "reference_loss", "above"):
+            run[key] = saved[key]
+        for part in ("evals", "curve_s", "wandb"):  # cells new to this training keep their fresh entries
+            run[part].update({k: v for k, v in saved[part].items() if k in run[part]})
 
     def checkpoint() -> None:
-        save_checkpoint(ckpt, {"config_hash": cell.config_hash(), "code_state": code, "device": device_label,
-                               "wandb_id": wandb_id,
-                               "learner": learner.state_dict(),
-                               "iteration": learner.iteration, "curve": curve, "step_times": times.seconds,
-                               "elapsed_s": elapsed_before + time.perf_counter() - started})
+        run["elapsed_s"] = elapsed_before + time.perf_counter() - started
+        checkpoints.save(ckpt, {"training_key": training.key, "code_state": code, "device": device_label,
+                                "learner": learner.state_dict(), "iteration": learner.iteration,
+                                "step_times": times.seconds, "run": run})
 
-    tracker = start_tracker(cell, wandb, wandb_id)
+    elapsed_before = run["elapsed_s"]
+    trackers = {c.cell: start_tracker(c, wandb, run["wandb"][c.cell]) for c in training.cells}
     if wandb != "online":  # an offline run cannot be resumed: the new one gets the whole curve so far
-        for point in curve:
-            tracker = tracked(tracker, "log", point["iteration"], _logged(point))
-    curve_eval = replace(cell.eval, num_tasks=cell.curve_tasks)
+        for c in training.cells:
+            for point in curve_points(run, c.cell):
+                trackers[c.cell] = tracked(trackers[c.cell], "log", point["iteration"], logged(point))
     cut_short = False
-    bar = tqdm(total=cell.meta_iterations, initial=learner.iteration, desc=cell.cell, unit="it",
+    bar = tqdm(total=first.meta_iterations, initial=learner.iteration, desc=training.name, unit="it",
                leave=False, position=1, disable=quiet())
-    while learner.iteration < cell.meta_iterations:
+    while learner.iteration < first.meta_iterations:
         if past_deadline(deadline):
             cut_short = True
             break
-        batch = train_batch(train_pool, cell, learner.iteration)
+        batch = train_batch(train_pool, first, learner.iteration)
+        if run["reference_loss"] is None:
+            run["reference_loss"] = reference_loss(learner.model, batch)
         metrics = times.time(device, lambda: learner.meta_step(batch))
-        point: dict[str, Any] = {"iteration": learner.iteration, "train_loss": metrics["loss"],
-                                 "eval_metric": None, "eval_mean": None, "eval_ci95": None}
-        if cell.eval_every and learner.iteration % cell.eval_every == 0:
-            res = evaluate(learner.model, eval_pool, cell.ways, cell.shots, curve_eval, device=device)
-            point.update(eval_metric=res.metric, eval_mean=res.mean, eval_ci95=res.ci95)
-        curve.append(point)
-        tracker = tracked(tracker, "log", learner.iteration, _logged(point))
-        if learner.iteration % cell.checkpoint_every == 0 or learner.iteration == cell.meta_iterations:
+        it = learner.iteration
+        run["losses"].append(metrics["loss"])
+        check_divergence(metrics["loss"], run, first, it)
+        for c in training.cells:
+            if c.eval_every and it % c.eval_every == 0:
+                t0 = time.perf_counter()
+                res = evaluate(learner.model, eval_pools[c.cell], c.ways, c.shots,
+                               replace(c.eval, num_tasks=c.curve_tasks), device=device, diverge_factor=c.diverge_factor)
+                run["curve_s"][c.cell] += time.perf_counter() - t0
+                run["evals"][c.cell][it] = (res.metric, res.mean, res.ci95)
+            trackers[c.cell] = tracked(trackers[c.cell], "log", it, logged(curve_point(run, c.cell, it)))
+        if it % training.checkpoint_every == 0 or it == first.meta_iterations:
             checkpoint()
         bar.update(1)
     bar.close()
@@ -208,71 +204,110 @@ def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: 
         checkpoint()
 
     # One extra outer update on a copy, on the batch after the last planned one (never a training batch).
-    saved = measure.autograd_saved_bytes(learner, train_batch(train_pool, cell, cell.meta_iterations))
-    result, eval_s = None, 0.0
-    if cell.eval.num_tasks:
-        measure.synchronize(device)
-        t0 = time.perf_counter()
-        result = evaluate(learner.model, eval_pool, cell.ways, cell.shots, cell.eval, device=device, progress=show_progress())
-        measure.synchronize(device)
-        eval_s = time.perf_counter() - t0
-    peak, kind = measure.peak_memory(device)
-    losses = [p["train_loss"] for p in curve]
-    tail = losses[-max(1, len(losses) // 10):] if losses else []
-    row = {
-        "schema_version": SCHEMA_VERSION, "suite": cell.suite, "cell": cell.cell,
-        "algorithm": cell.learner.algorithm, "backend": cell.learner.backend, "dataset": cell.dataset,
-        "split": cell.split, "ways": cell.ways, "shots": cell.shots, "transductive": cell.eval.transductive,
-        "first_order": cell.first_order, "inner_steps": cell.learner.inner_steps,
-        "eval_inner_steps": cell.eval.inner_steps, "seed": cell.seed,
-        "meta_iterations": cell.meta_iterations, "iterations_run": learner.iteration,
-        "complete": learner.iteration == cell.meta_iterations, "meta_batch": cell.meta_batch,
-        # Mean over the last tenth of the meta-steps run: one step's loss is too noisy to compare.
-        "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "metric": result.metric if result else "", "metric_mean": result.mean if result else None,
-        "metric_ci95": result.ci95 if result else None, "eval_tasks": result.n if result else 0,
-        "peak_memory_bytes": peak, "memory_kind": kind, "autograd_saved_bytes": saved,
-        "step_time_median_s": times.median, "step_time_total_s": times.total, "eval_time_s": eval_s,
-        "total_time_s": elapsed_before + time.perf_counter() - started,
-        **provenance.provenance(device, command, git),
-        "config_json": cell.to_json(), "config_hash": cell.config_hash(),
-    }
-    row = {c: row[c] for c in COLUMNS}
-    folder = out / cell.suite
-    write_curves(folder / CURVES_FILE, cell.suite, cell.cell, cell.seed, device_label, curve)
-    write_row(folder / ROWS_FILE, row)
-    tracked(tracker, "finish", row)
-    return row
+    saved_bytes = measure.autograd_saved_bytes(learner, train_batch(train_pool, first, first.meta_iterations))
+    training_s = elapsed_before + time.perf_counter() - started - sum(run["curve_s"].values())
+    rows, failure = [], None
+    for c in training.cells:
+        result, eval_s = None, 0.0
+        if c.eval.num_tasks:
+            measure.synchronize(device)
+            t0 = time.perf_counter()
+            try:
+                result = evaluate(learner.model, eval_pools[c.cell], c.ways, c.shots, c.eval, device=device,
+                                  progress=show_progress(), diverge_factor=c.diverge_factor)
+            except DivergedError as e:
+                print(f"error: cell {c.suite}/{c.cell}: evaluation diverged, no row written: {e}", file=sys.stderr)
+                failure = failure or e
+                tracked(trackers[c.cell], "finish", None)
+                continue
+            measure.synchronize(device)
+            eval_s = time.perf_counter() - t0
+        peak, kind = measure.peak_memory(device)
+        row = make_row(c, learner, training, result, run, times, command, git, device, jobs,
+                       saved_bytes=saved_bytes, peak=(peak, kind), eval_s=eval_s,
+                       total_s=training_s + run["curve_s"][c.cell] + eval_s)
+        write_result(out / c.suite, row, curve_points(run, c.cell), result.per_task if result else None)
+        tracked(trackers[c.cell], "finish", row)
+        rows.append(row)
+    if failure is not None:
+        raise failure
+    return rows
+
+
+def curve_point(run: dict[str, Any], cell: str, iteration: int) -> dict[str, Any]:
+    metric, mean, ci = run["evals"][cell].get(iteration, (None, None, None))
+    return {"iteration": iteration, "train_loss": run["losses"][iteration - 1], "eval_metric": metric,
+            "eval_mean": mean, "eval_ci95": ci}
+
+
+def curve_points(run: dict[str, Any], cell: str) -> list[dict[str, Any]]:
+    """The curve of ``cell``: every meta-step's training loss, and its own periodic evaluations."""
+    return [curve_point(run, cell, i) for i in range(1, len(run["losses"]) + 1)]
+
+
+def logged(point: dict[str, Any]) -> dict[str, Any]:
+    """A curve point as logged to wandb: the metrics it has, keyed by iteration elsewhere."""
+    return {k: v for k, v in point.items() if v is not None and k != "iteration"}
+
+
+def checkpoint_path(out: Path, cell: CellConfig) -> Path:
+    """Where ``cell``'s training keeps its checkpoint (shared with every cell of the same training)."""
+    return checkpoints.checkpoint_path(out, cell.suite, training_key(cell))
+
+
+def load_checkpoint(path: Path, cell: CellConfig, code_state: str, device: str) -> dict[str, Any] | None:
+    """``checkpoints.load`` for ``cell``'s training."""
+    return checkpoints.load(path, training_key(cell), code_state, device, cell.cell)
+
+
+def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: str = "offline",
+             command: str = "", git: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One cell alone (a training of its own): ``run_training([cell], ...)``'s row."""
+    return run_training([cell], out, deadline, wandb, command, git)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m benchmarks.running.runner")
-    parser.add_argument("--cell-json", required=True, help="the cell's CellConfig as JSON (CellConfig.to_json())")
+    parser.add_argument("--cells-json", required=True, help="JSON list of the cells' CellConfig (one shared training)")
     parser.add_argument("--out", default="results", help="results folder (rows go to OUT/<suite>/rows.csv)")
     parser.add_argument("--deadline", type=float, default=None, help="stop training at this Unix time (budget)")
     parser.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"])
     parser.add_argument("--command", default="", help="the user's command line, recorded in the row")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--cpus", default=None, help="comma-separated CPU cores this process is pinned to")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings the run allows side by side (recorded in rows)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the CLI) dies")
     parser.add_argument("--git-json", default=None, help="git_commit/git_dirty read by the caller at the run's start")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        bind_to_parent(args.parent_pid)
     try:
-        cell = CellConfig.from_json(args.cell_json).validate()
-    except (ValueError, TypeError) as e:
-        print(f"error: bad --cell-json: {e}", file=sys.stderr)
+        cells = [CellConfig.from_dict(d).validate() for d in json.loads(args.cells_json)]
+        if not cells:
+            raise ValueError("no cells given")
+    except (ValueError, TypeError, AttributeError) as e:
+        print(f"error: bad --cells-json: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    if args.cpus:
+        pin_cpus(args.cpus)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     git = json.loads(args.git_json) if args.git_json else provenance.git_state(exclude=args.out)
+    names = ", ".join(f"{c.suite}/{c.cell}" for c in cells)
     try:
-        run_cell(cell, Path(args.out), args.deadline, args.wandb, args.command or provenance.command_line(), git)
-    except MissingDataError as e:
-        print(f"error: cell {cell.suite}/{cell.cell} needs data that is not here:\n{e}", file=sys.stderr)
-        return EXIT_MISSING_DATA
+        run_training(cells, Path(args.out), args.deadline, args.wandb, args.command or provenance.command_line(), git,
+                     args.jobs)
+    except DataError as e:
+        print(f"error: {names}: data problem, nothing trained:\n{e}", file=sys.stderr)
+        return EXIT_DATA
     except DivergedError as e:
-        print(f"error: cell {cell.suite}/{cell.cell} diverged, no row written: {e}", file=sys.stderr)
+        print(f"error: {names}: diverged, no row written for it: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except checkpoints.TrainingBusy as e:
+        print(f"skipped: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {cell.cell} resumes from its last checkpoint when the same command is rerun", file=sys.stderr)
+        print(f"\ninterrupted: {names} resume from the last checkpoint when the same command is rerun", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

@@ -1,0 +1,103 @@
+"""Batched evaluation: fine-tune many evaluation tasks at once, each with its own weights and batch-norm statistics.
+
+The same maths as the serial evaluator (``evaluation.py``, the reference), task for task: the same
+tasks, the same minibatch order per task (``finetune_generator(seed, index)``), the same optimiser
+(``functional.AdamState`` reproduces ``torch.optim.Adam``, ``functional.sgd_`` plain SGD), the same
+two protocols. Tasks are processed in chunks of ``task_batch``; each chunk's weights are stacked
+``[T, *shape]`` and run through ``functional.TaskNet``, so batch norm computes every task's own
+statistics, exactly as the serial evaluator's one-task batches do.
+
+- transductive: one forward of each task's whole query set;
+- non-transductive: for each query position j, one forward of [support + query j] for every task of
+  the chunk at once (batch statistics of the support plus that one image, per task);
+- regression (sine): the MSE of each task's query set.
+
+In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). In float32
+a grouped convolution (TaskNet's default on CUDA) rounds differently from T separate ones, which can
+flip a prediction whose two top logits are within rounding; ``python -m benchmarks.perf.eval_throughput
+--agreement`` counts such flips on the default suite's pools.
+
+    per_task, metric = evaluate_batched(model, pool, ways=5, shots=1, config=EvalConfig(...), device="cpu")
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .evaluation import EvalConfig, check_fine_tuning, check_scores, finetune_generator
+from .functional import AdamState, TaskNet, flat_views, sgd_
+from .minibatch import cycle_minibatches
+
+TASK_BATCH = {"cpu": 50, "cuda": 500}
+"""Tasks fine-tuned together per device type (memory grows linearly with it)."""
+
+
+def evaluate_batched(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, device: torch.device,
+                     progress: bool = False, diverge_factor: float | None = None,
+                     task_batch: int | None = None) -> tuple[list[float], str]:
+    """(per-task scores in task-index order, ``accuracy`` or ``mse``); ``model`` is left untouched."""
+    net = TaskNet(model)
+    theta = [p.detach() for p in model.parameters()]
+    size = task_batch or TASK_BATCH.get(device.type, 50)
+    starts = range(0, config.num_tasks, size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"evaluate {ways}-way {shots}-shot (batched)", unit="chunk")
+    per_task: list[float] = []
+    metric = "accuracy"
+    for start in starts:
+        indices = range(start, min(start + size, config.num_tasks))
+        batch = pool.sample_batch(ways, shots, config.query, config.seed, indices).to(device, dtype=theta[0].dtype)
+        if batch.query_y.is_floating_point():
+            metric = "mse"
+        net.check_output_size(batch.support_y[0])
+        fast = fine_tune(net, theta, batch, config, indices, diverge_factor)
+        per_task += score_chunk(net, fast, batch, config.transductive, start)
+    return per_task, metric
+
+
+def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: range, diverge_factor) -> list:
+    """Each task's weights after ``config.inner_steps`` optimiser steps on its support set ([T, *shape] each)."""
+    T = len(indices)
+    fast = [t.clone() for t in net.stack(theta, T)]
+    if config.inner_steps == 0:
+        return fast
+    x, y = batch.support_x, batch.support_y
+    idx = torch.stack([torch.stack(list(cycle_minibatches(x.shape[1], config.inner_batch, config.inner_steps,
+                                                          finetune_generator(config.seed, i)))) for i in indices])
+    idx = idx.to(x.device)
+    rows = torch.arange(T, device=x.device)[:, None]
+    flat, fast = flat_views(fast)
+    adam = AdamState([flat], config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
+    first = last = None
+    for k in range(config.inner_steps):
+        leaves = [w.detach().requires_grad_() for w in fast]
+        losses, _ = net.task_losses(leaves, x[rows, idx[:, k]], y[rows, idx[:, k]])
+        grads = torch.autograd.grad(losses.sum(), leaves)
+        with torch.no_grad():
+            if adam is None:
+                sgd_(fast, list(grads), config.inner_lr)
+            else:
+                adam.step_([flat], [torch.cat([g.reshape(-1) for g in grads])])
+        last = losses.detach()
+        first = last if first is None else first
+    check_fine_tuning(first, last, indices.start, diverge_factor)
+    return fast
+
+
+@torch.no_grad()
+def score_chunk(net: TaskNet, fast: list, batch, transductive: bool, start: int) -> list[float]:
+    """Accuracy (percent) or MSE of each task of the chunk on its query set, as ``evaluation.score``."""
+    sx, _, qx, qy = batch.tensors()
+    if qy.is_floating_point():
+        values = F.mse_loss(net(fast, qx), qy, reduction="none").reshape(qy.shape[0], -1).mean(1)
+        check_scores(values, start)
+        return values.tolist()
+    if transductive:
+        logits = net(fast, qx)
+    else:
+        logits = torch.stack([net(fast, torch.cat([sx, qx[:, j:j + 1]], 1))[:, -1] for j in range(qx.shape[1])], 1)
+    check_scores(logits.abs().amax(dim=(1, 2)), start)
+    return (100.0 * (logits.argmax(-1) == qy).double().mean(1)).tolist()
