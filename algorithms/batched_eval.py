@@ -12,10 +12,11 @@ statistics, exactly as the serial evaluator's one-task batches do.
   the chunk at once (batch statistics of the support plus that one image, per task);
 - regression (sine): the MSE of each task's query set.
 
-In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). In float32
-a grouped convolution (TaskNet's default on CUDA) rounds differently from T separate ones, which can
-flip a prediction whose two top logits are within rounding; ``python -m benchmarks.perf.eval_throughput
---agreement`` counts such flips on the default suite's pools.
+In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). On CPU the
+network runs task by task (``CONV_MODE``), so float32 scores are bit-identical too. On CUDA a grouped
+convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
+are within rounding; ``python -m benchmarks.perf.eval_throughput --agreement`` counts such flips on the
+default suite's pools, for both modes.
 
     per_task, metric = evaluate_batched(model, pool, ways=5, shots=1, config=EvalConfig(...), device="cpu")
 """
@@ -31,13 +32,21 @@ from .minibatch import cycle_minibatches
 
 TASK_BATCH = {"cpu": 50, "cuda": 500}
 """Tasks fine-tuned together per device type (memory grows linearly with it)."""
+CONV_MODE = {"cpu": "loop", "cuda": "grouped"}
+"""``TaskNet`` mode per device type. On CPU, ``loop`` runs each task's own forward (the serial evaluator's
+very kernels), so float32 scores stay bit-identical to the serial evaluator's while the optimiser steps,
+sampling and bookkeeping are batched; ``grouped`` was faster still here but changes float32 rounding
+(``python -m benchmarks.perf.eval_throughput`` measures both)."""
 
 
 def evaluate_batched(model: nn.Module, pool, ways: int, shots: int, config: EvalConfig, device: torch.device,
                      progress: bool = False, diverge_factor: float | None = None,
-                     task_batch: int | None = None) -> tuple[list[float], str]:
-    """(per-task scores in task-index order, ``accuracy`` or ``mse``); ``model`` is left untouched."""
-    net = TaskNet(model)
+                     task_batch: int | None = None, conv_mode: str = "auto") -> tuple[list[float], str]:
+    """(per-task scores in task-index order, ``accuracy`` or ``mse``); ``model`` is left untouched.
+
+    ``conv_mode``: ``functional.TaskNet``'s way of batching the network (``auto``: ``CONV_MODE`` of the device).
+    """
+    net = TaskNet(model, CONV_MODE.get(device.type, "auto") if conv_mode == "auto" else conv_mode)
     theta = [p.detach() for p in model.parameters()]
     size = task_batch or TASK_BATCH.get(device.type, 50)
     starts = range(0, config.num_tasks, size)
@@ -70,7 +79,9 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     idx = idx.to(x.device)
     rows = torch.arange(T, device=x.device)[:, None]
     flat, fast = flat_views(fast)
-    adam = AdamState([flat], config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
+    # On CPU torch.optim.Adam's own ops (bit-identical to the serial evaluator); elsewhere the fused kernel.
+    exact = x.device.type == "cpu"
+    adam = AdamState([flat], config.inner_lr, config.adam_beta1, exact=exact) if config.inner_optimizer == "adam" else None
     first = last = None
     for k in range(config.inner_steps):
         leaves = [w.detach().requires_grad_() for w in fast]

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from .tasks import TaskBatch, stack_tasks, task_generator
+from .tasks import TaskBatch, check_counts, stack_tasks, task_generator
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -28,6 +28,7 @@ class SinePool:
     num_classes = 1
 
     def check(self, ways: int, shots: int, query: int) -> None:
+        check_counts(self.name, ways=ways, shots=shots, query=query)
         if ways != 1:
             raise ValueError(f"sine: regression tasks have ways=1, got ways={ways}")
         if shots < 1 or query < 0:

@@ -88,7 +88,16 @@ def task_generator(seed: int, index: int) -> torch.Generator:
 
 def stack_tasks(tasks: Iterable[TaskBatch]) -> TaskBatch:
     tasks = list(tasks)
+    if not tasks:
+        raise ValueError("no tasks to stack: sample_batch needs at least one task index (got an empty indices)")
     return TaskBatch(*(torch.cat(parts) for parts in zip(*(t.tensors() for t in tasks))))
+
+
+def check_counts(name: str, **counts) -> None:
+    """Raise a ValueError naming the argument when a count (ways, shots, query) is not an integer."""
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}: {key} must be an integer, got {value!r}")
 
 
 class ClassPool:
@@ -125,6 +134,7 @@ class ClassPool:
 
     def check(self, ways: int, shots: int, query: int) -> None:
         """Raise a ValueError naming the problem if the setting does not fit this pool."""
+        check_counts(self.name, ways=ways, shots=shots, query=query)
         if ways < 1 or shots < 1 or query < 0:
             raise ValueError(f"{self.name}: need ways >= 1, shots >= 1, query >= 0 (got ways={ways}, shots={shots}, query={query})")
         if ways > self.num_classes:

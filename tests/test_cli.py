@@ -191,7 +191,7 @@ def test_child_command_carries_budget_threads_and_provenance(tmp_path, monkeypat
     (cmd,) = cmds
     args = dict(zip(cmd[3::2], cmd[4::2]))
     (cell,) = [CellConfig.from_dict(d) for d in cells_of(cmd)]
-    assert (cell.cell, cell.seed, cell.device, cell.eval.mode) == ("sine-maml", 3, "cpu", "serial")
+    assert (cell.cell, cell.seed, cell.device, cell.eval.mode) == ("sine-maml", 3, "cpu", "batched")
     assert args["--threads"] == "2" and float(args["--deadline"]) > 0 and args["--out"] == str(tmp_path)
     assert set(json.loads(args["--git-json"])) == {"git_commit", "git_dirty", "code_state"}
     assert "--seeds 3" in args["--command"] and int(args["--parent-pid"]) == os.getpid()
@@ -222,3 +222,31 @@ def test_only_cells_finished_at_this_commit_on_this_device_are_skipped(tmp_path,
     ran = {c["cell"] for cmd in started for c in cells_of(cmd)}
     assert ran == set(cells) - skipped
     assert f"{len(skipped)} already complete at this commit" in capsys.readouterr().out
+
+
+def test_jobs_pin_each_training_to_its_own_core(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "available_cpus", lambda: [0, 1])
+    started = fake_spawn(monkeypatch)
+    cli.main(["run", "--suite", "smoke", "--out", str(tmp_path), "--device", "cpu", "--jobs", "2"])
+    cpus = [cmd[cmd.index("--cpus") + 1] for cmd in started]
+    assert len(started) == 6 and set(cpus) == {"0", "1"}
+    assert all(cmd[cmd.index("--jobs") + 1] == "2" for cmd in started)
+    assert launch.cpu_slots(2, 2) == [{"cpus": "0,1"}, {"cpus": "0,1"}]  # 4 threads on 2 cores wrap around
+    started.clear()
+    cli.main(["run", "--suite", "smoke", "--out", str(tmp_path / "b"), "--device", "cpu", "--jobs", "auto"])
+    assert {cmd[cmd.index("--jobs") + 1] for cmd in started} == {"2"}  # one per core
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_rows_of_a_serial_run(tmp_path):
+    cols = ["cell", "iterations_run", "complete", "metric_mean", "metric_ci95", "final_train_loss", "config_hash",
+            "training_key", "eval_tasks"]
+    frames = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        p = run_cli("run", "--suite", "smoke", "--out", str(out), "--wandb", "disabled", "--device", "cpu", "--jobs", jobs)
+        assert p.returncode == 0, p.stderr
+        rows = read_rows(out / "smoke" / "rows.csv")
+        assert set(rows.parallel_jobs) == {int(jobs)} and len(rows) == 6
+        frames[jobs] = rows.sort_values("cell")[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(frames["1"], frames["2"])

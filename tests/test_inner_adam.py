@@ -34,3 +34,23 @@ def test_matches_torch_adam(fused, beta1):
     assert state.step == 5
     # The update moved the weights (a no-op would not be torch.optim.Adam either).
     assert all(not torch.allclose(a, b) for a, b in zip(ours, start))
+
+
+def test_exact_mode_is_bit_identical_to_torch_adam_in_float32_on_flat_and_split_tensors():
+    """The batched evaluator's CPU optimiser: one flat tensor for many tasks, the same bits as
+    torch.optim.Adam stepping each tensor on its own (sizes straddle SIMD widths and tails)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(10):
+        sizes = [int(n) for n in torch.randint(1, 3000, (6,), generator=g)]
+        ref = [torch.randn(n, generator=g).requires_grad_() for n in sizes]
+        flat = torch.cat([p.detach().reshape(-1) for p in ref])
+        opt = torch.optim.Adam(ref, lr=1e-3, betas=(0.0, 0.999))
+        state = AdamState([flat], lr=1e-3, beta1=0.0, exact=True)
+        for _ in range(15):
+            scale = 10 ** float(torch.empty(1).uniform_(-6, 0, generator=g))
+            grads = [torch.randn(n, generator=g) * scale for n in sizes]
+            for p, gr in zip(ref, grads):
+                p.grad = gr.clone()
+            opt.step()
+            state.step_([flat], [torch.cat(grads)])
+        assert torch.equal(flat, torch.cat([p.detach() for p in ref])), trial

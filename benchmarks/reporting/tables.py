@@ -12,8 +12,11 @@ Reads every ``<results-dir>/*/rows.csv`` and writes, atomically, into ``<results
   per algorithm, and the sine-regression MSE table.
 - ``default_suite.md``: every default-suite cell with accuracy, memory, time and device
   (embedded in README.md by ``python -m benchmarks.reporting.readme``).
+- ``paired.md``: every pair of cells scored on the same tasks, mean difference ± paired 95% CI
+  (``benchmarks.reporting.paired``, from the per-task scores beside the rows).
 
-A pure function of the rows: the same rows give byte-identical files (no dates in the output).
+A pure function of the rows and their per-task scores: the same files give byte-identical tables
+(no dates in the output).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.records.collect import latest, load_rows  # noqa: F401 (load_rows: also what tests read)
+from benchmarks.reporting import paired
 from benchmarks.reporting.table_format import fmt_bytes, fmt_pm, latex_escape, table_latex, table_markdown, write_text_atomic  # noqa: F401
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
@@ -281,6 +285,10 @@ def render(rows: pd.DataFrame, published: pd.DataFrame, files: list[Path], comma
     dh, db, used_d = default_suite_table(groups)
     out["default_suite.md"] = ("# Default suite\n\n" + provenance(used_d, files, command) + "\n"
                                + (table_markdown(dh, db) if db else "_no default-suite rows yet: run `make benchmark`_\n"))
+    paired_text, _ = paired.render(rows) if not rows.empty else ("_no rows_\n", 0)
+    out["paired.md"] = ("# Paired comparisons on the same evaluation tasks\n\n"
+                        + provenance(list(aggregate(rows).itertuples()) if not rows.empty else [], files, command)
+                        + "\n" + paired.NOTE + "\n\n" + paired_text)
     return out
 
 

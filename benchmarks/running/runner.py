@@ -153,7 +153,8 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
                            "wandb": {c.cell: uuid.uuid4().hex[:8] for c in training.cells},
                            "reference_loss": None, "above": 0}
     if state is not None:
-        print(f"resuming {training.name} (seed {first.seed}) from iteration {state['iteration']}", file=sys.stderr)
+        shared = f" (one training for {len(training.cells)} cells)" if len(training.cells) > 1 else ""
+        print(f"resuming {first.cell} (seed {first.seed}) from iteration {state['iteration']}{shared}", file=sys.stderr)
         learner.load_state_dict(state["learner"])
         times.seconds = list(state["step_times"])
         saved = state["run"]
