@@ -30,7 +30,7 @@ from .evaluation import EvalConfig, check_fine_tuning, check_scores, finetune_ge
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .minibatch import cycle_minibatches
 
-TASK_BATCH = {"cpu": 50, "cuda": 500}
+TASK_BATCH = {"cpu": 25, "cuda": 500}
 """Tasks fine-tuned together per device type (memory grows linearly with it)."""
 CONV_MODE = {"cpu": "loop", "cuda": "grouped"}
 """``TaskNet`` mode per device type. On CPU, ``loop`` runs each task's own forward (the serial evaluator's
