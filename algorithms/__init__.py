@@ -3,5 +3,5 @@ from .base import LEARNERS, DivergedError, MetaConfig, MetaLearner, build_learne
 from .models import build_model  # noqa: F401
 
 # Importing the implementations registers them.
-from . import reptile, maml  # noqa: F401,E402
-from . import batched  # noqa: F401,E402
+from . import reptile, maml, imaml, anil  # noqa: F401,E402
+from . import batched, batched_variants  # noqa: F401,E402

@@ -36,7 +36,8 @@ class MetaConfig:
     """
 
     algorithm: str = "reptile"
-    """Registry name: ``reptile``, ``fomaml`` or ``maml`` (second order)."""
+    """Registry name: ``reptile``, ``fomaml``, ``maml`` (second order), ``imaml`` (implicit gradients),
+    ``anil`` / ``foanil`` (head-only inner loop, second / first order)."""
     backend: str = "reference"
     """``reference`` (task by task; MAML through ``higher``) or ``batched`` (the meta-batch together, ``batched.py``)."""
     inner_steps: int = 5
@@ -56,7 +57,14 @@ class MetaConfig:
     meta_lr_final: float = 0.0
     """Reptile: epsilon is annealed linearly from ``meta_lr`` to this value over the run. Ignored by MAML."""
     first_order: bool = False
-    """MAML only: drop second-derivative terms (first-order MAML). ``fomaml`` forces it True, ``maml`` False."""
+    """MAML and ANIL: drop second-derivative terms. ``fomaml``/``foanil`` force it True, ``maml``/``anil`` False."""
+    imaml_lambda: float = 2.0
+    """iMAML only: strength lambda of the proximal term (lambda/2) ||phi - theta||^2 of the inner problem."""
+    cg_steps: int = 5
+    """iMAML only: conjugate-gradient iterations solving (I + H/lambda) x = grad L_query(phi) for the meta-gradient."""
+    head_modules: int = 1
+    """ANIL only: the last ``head_modules`` modules with parameters of the (``nn.Sequential``) network form the head,
+    the only part the inner loop adapts (1 = the final Linear layer); the rest is the body, meta-learned only."""
 
     def validate(self) -> "MetaConfig":
         """Raise ValueError naming the bad field; returns self for chaining."""
@@ -81,6 +89,14 @@ class MetaConfig:
             raise ValueError(f"inner_optimizer must be 'adam' or 'sgd', got {self.inner_optimizer!r}")
         if not 0 <= self.adam_beta1 < 1:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
+        if isinstance(self.imaml_lambda, bool) or not isinstance(self.imaml_lambda, (int, float)) \
+                or not (math.isfinite(self.imaml_lambda) and self.imaml_lambda > 0):
+            raise ValueError(f"imaml_lambda must be a positive finite number (the proximal strength), "
+                             f"got {self.imaml_lambda!r}")
+        for name in ("cg_steps", "head_modules"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ _ELEMENTWISE = (nn.ReLU,)
 class TaskNet:
     """A functional, task-batched view of an ``nn.Sequential`` (parameters in ``model.parameters()`` order)."""
 
-    def __init__(self, model: nn.Module, conv_mode: str = "auto"):
+    def __init__(self, model: nn.Module, conv_mode: str = "auto", needs_head: bool = True):
         if conv_mode not in ("auto", "grouped", "loop"):
             raise ValueError(f"conv_mode must be 'auto', 'grouped' or 'loop', got {conv_mode!r}")
         if not isinstance(model, nn.Sequential):
@@ -67,9 +67,9 @@ class TaskNet:
             self.layers.append((m, [index[id(p)] for p in m.parameters(recurse=False)]))
         self.num_params = len(index)
         linears = [m for m, _ in self.layers if isinstance(m, nn.Linear)]
-        if not linears:
+        if not linears and needs_head:
             raise ValueError("batched backend: the network must end with a Linear layer")
-        self.out_features = linears[-1].out_features
+        self.out_features = linears[-1].out_features if linears else None  # None: a body (ANIL) ending in features
         self.has_conv = any(isinstance(m, nn.Conv2d) for m, _ in self.layers)
         self.conv_mode = conv_mode
 
@@ -157,7 +157,7 @@ class TaskNet:
             else:
                 h = m(h)
         if folded:
-            raise ValueError("batched backend: the network must end with Flatten + Linear")
+            raise ValueError("batched backend: the network must end with Flatten (+ Linear)")
         return h
 
     def task_losses(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

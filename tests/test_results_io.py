@@ -161,3 +161,23 @@ def test_concurrent_writers_lose_no_row(tmp_path):
 def _write_many(path, k):
     for i in range(15):
         write_row(path, make_row(config_hash=f"{k:02d}{i:010x}", cell=f"c{k}-{i}"))
+
+
+def test_a_schema_1_file_is_refused_with_the_migration_and_migrated_in_place(tmp_path):
+    from benchmarks.records import migrate
+
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row())
+    df = pd.read_csv(path).drop(columns=["training_key", "training_cells", "eval_mode", "parallel_jobs",
+                                         "world_size", "backend_info"])
+    df["schema_version"] = 1
+    df["config_json"] = ('{"cell":"c","dataset":"sine","split":"maml","suite":"s","ways":1,"shots":10,'
+                         '"train_query":10,"device":"cpu"}')
+    df.to_csv(path, index=False)
+    with pytest.raises(ResultsFormatError, match="python -m benchmarks.records.migrate"):
+        read_rows(path)
+    assert migrate.main([str(path)]) == 0
+    row = read_rows(path).iloc[0]
+    assert (row.training_cells, row.eval_mode, row.parallel_jobs, row.world_size) == (1, "serial", 1, 1)
+    assert len(row.training_key) == 12 and row.metric_mean == 1.25
+    assert migrate.main([str(path)]) == 0  # already current: unchanged

@@ -165,18 +165,21 @@ def read_rows(path: str | os.PathLike) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise ResultsFormatError(f"{path} is not a readable CSV results file ({str(e).strip()}); "
                                  f"{_fresh_hint(path)}") from None
+    versions = sorted(set(pd.to_numeric(df["schema_version"], errors="coerce").dropna().astype(int))) \
+        if "schema_version" in df.columns else []
     missing = [c for c in COLUMNS if c not in df.columns]
     extra = [c for c in df.columns if c not in COLUMNS]
-    if missing or extra:
+    if (missing or extra) and versions in ([], [SCHEMA_VERSION]):
         raise ResultsFormatError(
             f"{path} does not have the result columns of schema version {SCHEMA_VERSION} "
             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}); {_fresh_hint(path)}"
         )
-    versions = sorted(set(pd.to_numeric(df["schema_version"], errors="coerce").dropna().astype(int)))
     if any(v != SCHEMA_VERSION for v in versions):
+        migrate = (f"; or bring it up to date in place with `python -m benchmarks.records.migrate {path}`"
+                   if versions == [1] else "")
         raise ResultsFormatError(
             f"{path} holds rows of schema version(s) {versions}; this code reads and writes version "
-            f"{SCHEMA_VERSION}; {_fresh_hint(path)}"
+            f"{SCHEMA_VERSION}; {_fresh_hint(path)}{migrate}"
         )
     for col in BOOL_COLUMNS:
         df[col] = df[col].map(_as_bool)

@@ -23,7 +23,10 @@ from datasets import check_names
 from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
-MAML_FAMILY = ("maml", "fomaml")
+MAML_FAMILY = ("maml", "fomaml", "imaml", "anil", "foanil")
+"""Algorithms whose outer loss is a query loss (their training tasks need query examples)."""
+FIRST_ORDER = ("reptile", "fomaml", "foanil")
+"""Algorithms whose outer update uses no second derivatives."""
 
 
 @dataclass
@@ -88,8 +91,8 @@ class CellConfig:
 
     @property
     def first_order(self) -> bool:
-        """Whether the outer update ignores second derivatives (Reptile and first-order MAML do)."""
-        return self.learner.algorithm != "maml"
+        """Whether the outer update ignores second derivatives (Reptile, first-order MAML and first-order ANIL do)."""
+        return self.learner.algorithm in FIRST_ORDER
 
     def validate(self) -> "CellConfig":
         """Raise ValueError naming the cell and the bad field; returns self."""

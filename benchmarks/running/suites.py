@@ -42,7 +42,7 @@ from typing import Any, Iterable
 from algorithms.base import MetaConfig
 from algorithms.evaluation import EvalConfig
 
-from benchmarks.running.config import CellConfig, check_fields
+from benchmarks.running.config import FIRST_ORDER, CellConfig, check_fields
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 AXES = {  # axis key in a group -> (singular name used by `when` and templates, path in the cell dict)
@@ -204,7 +204,7 @@ def _expand_group(suite: str, group: dict[str, Any], defaults: dict[str, Any], w
                 for key, value in zip(keys, combo):  # axis values win over `when` sets
                     _set_path(cell, AXES[key][1], value)
         learner = cell.setdefault("learner", {})
-        learner["first_order"] = learner.get("algorithm") == "fomaml"  # recorded as the algorithm runs it
+        learner["first_order"] = learner.get("algorithm") in FIRST_ORDER  # recorded as the algorithm runs it
         cell["suite"] = suite
         yield _finish(cell, template, where)
 
