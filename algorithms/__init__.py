@@ -5,3 +5,4 @@ from .models import build_model  # noqa: F401
 # Importing the implementations registers them.
 from . import reptile, maml, imaml, anil  # noqa: F401,E402
 from . import batched, batched_variants  # noqa: F401,E402
+from . import libraries  # noqa: F401,E402 (learn2learn, TorchOpt, torch.func backends)

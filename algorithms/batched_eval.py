@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .evaluation import EvalConfig, check_fine_tuning, check_scores, finetune_generator
+from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .minibatch import cycle_minibatches
 
@@ -78,6 +78,9 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
                                                           finetune_generator(config.seed, i)))) for i in indices])
     idx = idx.to(x.device)
     rows = torch.arange(T, device=x.device)[:, None]
+    # Only the adapted tensors (all, or the head's: EvalConfig.adapt_head_modules) get gradients and steps.
+    n = len(fast) - len(adapted_parameters(net.model, config.adapt_head_modules))
+    frozen, fast = fast[:n], fast[n:]
     flat, fast = flat_views(fast)
     # On CPU torch.optim.Adam's own ops (bit-identical to the serial evaluator); elsewhere the fused kernel.
     exact = x.device.type == "cpu"
@@ -85,7 +88,7 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     first = last = None
     for k in range(config.inner_steps):
         leaves = [w.detach().requires_grad_() for w in fast]
-        losses, _ = net.task_losses(leaves, x[rows, idx[:, k]], y[rows, idx[:, k]])
+        losses, _ = net.task_losses(frozen + leaves, x[rows, idx[:, k]], y[rows, idx[:, k]])
         grads = torch.autograd.grad(losses.sum(), leaves)
         with torch.no_grad():
             if adam is None:
@@ -95,7 +98,7 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
         last = losses.detach()
         first = last if first is None else first
     check_fine_tuning(first, last, indices.start, diverge_factor)
-    return fast
+    return frozen + fast
 
 
 @torch.no_grad()

@@ -71,6 +71,9 @@ class EvalConfig:
     """Fine-tuning minibatch size, cycled through the shuffled support set; 0 = the whole support set."""
     transductive: bool = False
     """True: the query set is predicted in one batch; False: one query example at a time beside the support set."""
+    adapt_head_modules: int = 0
+    """0: fine-tune every parameter; N >= 1: only the last N modules with parameters (ANIL's test-time
+    protocol: the head it adapts in training, ``MetaConfig.head_modules``; the body stays as meta-learned)."""
     seed: int = 0
     """Seed of the evaluation task pool and of the fine-tuning minibatch order (not the training seed)."""
     mode: str = "auto"
@@ -96,6 +99,10 @@ class EvalConfig:
             raise ValueError(f"adam_beta1 must be in [0, 1), got {self.adam_beta1}")
         if self.inner_batch < 0:
             raise ValueError(f"inner_batch must be >= 0 (0 = whole support set), got {self.inner_batch}")
+        if isinstance(self.adapt_head_modules, bool) or not isinstance(self.adapt_head_modules, int) \
+                or self.adapt_head_modules < 0:
+            raise ValueError(f"adapt_head_modules must be an integer >= 0 (0 = every parameter), "
+                             f"got {self.adapt_head_modules!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         return self
@@ -157,7 +164,8 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
     fine = copy.deepcopy(model)
     if config.inner_steps == 0:
         return fine, None, None
-    optimizer = make_inner_optimizer(fine.parameters(), config.inner_optimizer, config.inner_lr, config.adam_beta1)
+    optimizer = make_inner_optimizer(adapted_parameters(fine, config.adapt_head_modules), config.inner_optimizer,
+                                     config.inner_lr, config.adam_beta1)
     first = last = None
     for step, idx in enumerate(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)):
         out = fine(support_x[idx])
@@ -171,6 +179,15 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
         first = last if first is None else first
     fine.zero_grad(set_to_none=True)
     return fine, float(first), float(last)
+
+
+def adapted_parameters(model: nn.Module, head_modules: int) -> list:
+    """The parameters fine-tuning updates: all of them, or the head's (``anil.split_head``)."""
+    if head_modules == 0:
+        return list(model.parameters())
+    from .anil import split_head
+
+    return list(split_head(model, head_modules)[1].parameters())
 
 
 def check_fine_tuning(first, last, index: int, diverge_factor: float | None) -> None:

@@ -60,6 +60,7 @@ class TaskNet:
                 f"the batched backend needs an nn.Sequential of Conv2d/BatchNorm2d/ReLU/MaxPool2d/Flatten/Linear, "
                 f"got {type(model).__name__}; use backend='reference'"
             )
+        self.model = model
         self.layers: list[tuple[nn.Module, list[int]]] = []  # (module, indices of its parameters)
         index = {id(p): i for i, p in enumerate(model.parameters())}
         for m in model:

@@ -1,4 +1,4 @@
-"""The torch.func timing contenders (benchmarks/perf/func_maml.py): exact per-task loop, vmap wrong through batch norm.
+"""The torch.func timing contenders (algorithms/libraries/func_maml.py): exact per-task loop, vmap wrong through batch norm.
 
 Float64, the tiny conv net with batch norm and one without it. The vmap check
 pins PITFALLS section 1 on the torch this project installs: if an upgrade fixes
@@ -16,7 +16,11 @@ import torch
 from torch import nn
 
 from algorithms import MetaConfig, build_learner
-from benchmarks.perf.func_maml import func_meta_gradient
+from algorithms.libraries.func_maml import func_meta_gradient as func_meta_gradient_and_loss
+
+
+def func_meta_gradient(*args, **kw):
+    return func_meta_gradient_and_loss(*args, **kw)[0]
 from _tiny import flat, one_thread, tiny_bn_net, tiny_classification_batch  # noqa: F401 (one_thread: autouse fixture)
 
 ALPHA = 0.4

@@ -74,11 +74,11 @@ def test_default_suite_contents():
     scaling = [c for c in cells if c.cell.startswith("scaling")]
     accuracy = [c for c in cells if not c.cell.startswith("scaling")]
     assert {(c.learner.algorithm, c.learner.inner_steps) for c in scaling} == {
-        (a, k) for a in ("reptile", "fomaml", "maml") for k in (1, 2, 5, 10, 20)}
+        (a, k) for a in ("reptile", "fomaml", "maml", "imaml", "anil") for k in (1, 2, 5, 10, 20)}
     assert all(c.eval.num_tasks == 0 and c.suite == "default" for c in scaling)
     assert all(c.eval.num_tasks >= 600 for c in accuracy)
     settings = {(c.dataset, c.split, c.ways, c.shots, c.learner.algorithm) for c in accuracy}
-    for alg in ("reptile", "fomaml", "maml"):
+    for alg in ("reptile", "fomaml", "maml", "imaml", "anil"):
         assert ("sine", "maml", 1, 10, alg) in settings
         assert ("omniglot", "small", 5, 1, alg) in settings and ("omniglot", "small", 5, 5, alg) in settings
     # Paired comparison: within a setting every algorithm is scored on the same task pool.
@@ -88,7 +88,8 @@ def test_default_suite_contents():
         assert len(pool) == 1
         # Every algorithm under the shared (transductive) protocol; Reptile also under its own.
         protocols = {(c.learner.algorithm, c.eval.transductive) for c in accuracy if c.dataset == "omniglot" and c.shots == shots}
-        assert protocols == {("reptile", True), ("fomaml", True), ("maml", True), ("reptile", False)}
+        assert protocols == {("reptile", True), ("fomaml", True), ("maml", True), ("imaml", True), ("anil", True),
+                             ("reptile", False)}
         reptile = [c for c in accuracy if c.dataset == "omniglot" and c.shots == shots and c.learner.algorithm == "reptile"]
         # The two Reptile cells differ only in the evaluation protocol, so the protocol is what the table compares.
         assert reptile[0].learner == reptile[1].learner and reptile[0].train_shots == reptile[1].train_shots
@@ -255,6 +256,9 @@ set = { meta_iterations = 7 }
 def test_scaling_sweeps_both_backends_for_every_algorithm_and_k():
     cells = load_suite("scaling")
     seen = {(c.learner.algorithm, c.learner.backend, c.learner.inner_steps) for c in cells}
-    assert seen == {(a, b, k) for a in ("reptile", "fomaml", "maml") for b in ("reference", "batched") for k in (1, 2, 5, 10, 20)}
+    ks = (1, 2, 5, 10, 20)
+    ours = {(a, b, k) for a in ("reptile", "fomaml", "maml", "imaml", "anil") for b in ("reference", "batched") for k in ks}
+    libraries = {(a, b, k) for a in ("fomaml", "maml") for b in ("learn2learn", "torchopt", "torch.func") for k in ks}
+    assert seen == ours | libraries
     # The batched backend cannot carry Reptile's inner Adam across tasks: both backends run without it.
     assert all(not c.learner.persist_inner_state for c in cells if c.learner.algorithm == "reptile")

@@ -60,7 +60,7 @@ def rendered(tmp_path):
 
 
 def test_overlap_and_disjoint_markers(rendered):
-    md = rendered["paper_tables.md"].split("## Table 2")[1]
+    md = rendered["paper_tables.md"].split("## Reptile paper Table 2")[1]
     reptile = md_row(md, "Reptile")
     assert reptile[1] == "95.39 ± 0.09"
     assert reptile[2].startswith("95.40 ± 0.10 (n=600, 1,000 it, 1 seed)") and reptile[2].endswith("✓ overlap")
@@ -76,19 +76,26 @@ def test_overlap_boundaries():
 
 def test_not_run_cells_and_small_split_kept_out_of_table2(rendered):
     md = rendered["paper_tables.md"]
-    table1 = md.split("## Table 1")[1].split("## Table 2")[0]
+    table1 = md.split("## Reptile paper Table 1")[1].split("## Reptile paper Table 2")[0]
     assert md_row(table1, "MAML + Transduction")[1:] == ["48.70 ± 1.84", "not run", "63.11 ± 0.92", "not run"]
-    table2 = md.split("## Table 2")[1].split("## Omniglot small split")[0]
+    table2 = md.split("## Reptile paper Table 2")[1].split("## iMAML paper Table 2")[0]
     assert md_row(table2, "1st-order MAML + Transduction")[2] == "not run"
     companion = md.split("## Omniglot small split")[1]
     assert "not comparable to the published split" in companion.splitlines()[0]
+    imaml = md.split("## iMAML paper Table 2")[1].split("## ANIL paper Table 2")[0]
+    assert md_row(imaml, "iMAML-GD + Transduction")[1:3] == ["99.16 ± 0.35", "not run"]
+    assert md_row(imaml, "iMAML-HF + Transduction")[2] == "not implemented"
+    assert md_row(imaml, "MAML + Transduction")[1] == "98.7 ± 0.4"  # the paper's quote of Finn et al.
+    anil = md.split("## ANIL paper Table 2")[1].split("## Omniglot small split")[0]
+    assert md_row(anil, "ANIL + Transduction")[1:4:2] == ["96.2 ± 0.5", "98.0 ± 0.3"]
+    assert md_row(anil, "MAML + Transduction")[1] == "93.7 ± 0.7"  # the ANIL paper's own MAML run, not Finn's
     assert md_row(companion, "1st-order MAML + Transduction")[1].startswith("88.00 ± 0.70 (n=600")
     assert md_row(companion, "MAML")[1].startswith("80.00 ± 0.50")
     assert "| MAML |" not in table2  # no such row where nothing of it was measured
 
 
 def test_seed_aggregation_and_incomplete_flag(rendered):
-    cell = md_row(rendered["paper_tables.md"].split("## Table 2")[1], "MAML + Transduction")[6]
+    cell = md_row(rendered["paper_tables.md"].split("## Reptile paper Table 2")[1], "MAML + Transduction")[6]
     # mean of means (94 + 96) / 2; CI = 1.96 * sqrt(var/S + mean(se^2)) with var = 2, S = 2, se = 0.4/1.96
     ci = 1.96 * math.sqrt(2.0 / 2 + (0.4 / 1.96) ** 2)
     assert cell.startswith(f"95.00 ± {ci:.2f} (n=600, 400–1,000 it, incomplete (of 1,000 planned), 2 seeds)")
@@ -117,7 +124,7 @@ def test_a_longer_run_cut_short_beats_a_finished_smoke_run(tmp_path):
     write_suite(res, "default", [fake_row(cell="omni-rep", meta_iterations=500, iterations_run=450, complete=False,
                                           metric_mean=95.40, metric_ci95=0.10)])
     tables.main(res, tmp_path / "t", REPO / "results" / "reference" / "published.csv")
-    reptile = md_row((tmp_path / "t" / "paper_tables.md").read_text().split("## Table 2")[1], "Reptile")
+    reptile = md_row((tmp_path / "t" / "paper_tables.md").read_text().split("## Reptile paper Table 2")[1], "Reptile")
     assert reptile[2].startswith("95.40 ± 0.10 (n=600, 450 it, incomplete (of 500 planned)")
     assert "also measured, not shown: smoke/omni-rep" in (tmp_path / "t" / "paper_tables.md").read_text()
 

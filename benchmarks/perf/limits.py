@@ -27,11 +27,11 @@ above 1 (to see the ratios at a CPU's full thread count). Medians and minima
 are both printed.
 "batched (grouped)" / "batched (loop)" is the batched backend with the other
 way of batching convolutions than this device's default (``functional.py``).
-"torch.func loop" / "torch.func vmap*" (second order only) are the meta-gradient
-written with ``torch.func.grad`` (``benchmarks/perf/func_maml.py``), tasks looped or
-vmapped; * marks vmap's WRONG second derivatives through batch norm (PITFALLS
-section 1): it is timed to show what vmap would buy, not offered as a backend.
-Both compute the meta-gradient only (no outer Adam step, a fraction of a ms here).
+"learn2learn", "torchopt", "torch.func" (first and second order) are the library backends
+(``algorithms/libraries``), whole meta-steps like the others; a library that is not installed is
+skipped with a note. "torch.func vmap*" (second order only) is the meta-gradient with the tasks
+under ``vmap``; * marks vmap's WRONG second derivatives through batch norm (PITFALLS section 1):
+it is timed to show what vmap would buy, not offered as a backend (meta-gradient only, no outer step).
 The second-order floor is the unrolled computation; the batched backend's
 default (a Hessian-vector-product chain, see ``algorithms/batched.py``) does
 more work than it by design, to keep memory flat in K.
@@ -55,13 +55,15 @@ from algorithms import MetaConfig, build_learner
 from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, chunks
 from algorithms.functional import TaskNet
 from algorithms.models import OmniglotCNN
-from benchmarks.perf.func_maml import func_meta_gradient
+from algorithms.libraries import LibraryMissing
+from algorithms.libraries.func_maml import func_meta_gradient
 from benchmarks.running.measure import autograd_saved_bytes, synchronize
 from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
 from datasets.archive import atomic_write
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
+LIBRARY_BACKENDS = ("learn2learn", "torchopt", "torch.func")
 SETTINGS = {  # name -> (shots, query, config)
     "reptile": (10, 0, dict(algorithm="reptile", inner_steps=5, inner_batch=10, inner_lr=1e-3, persist_inner_state=False)),
     "fomaml-5": (5, 15, dict(algorithm="fomaml", inner_steps=5, inner_lr=0.1, meta_lr=1e-3)),
@@ -154,12 +156,21 @@ def contenders(name: str, model, batches) -> dict:
     cls = BatchedReptile if kind == "reptile" else BatchedMAML
     config = MetaConfig(**cfg, backend="batched", first_order=kind == "fomaml")
     out[f"batched ({other})"] = stepper(cls(copy.deepcopy(model), config, 10**6, conv_mode=other), batches)
+    if kind in ("maml", "fomaml"):
+        # The libraries researchers use, as backends behind the same interface (skipped, and said, if not installed).
+        for backend in LIBRARY_BACKENDS:
+            try:
+                learner = build_learner(MetaConfig(**cfg, backend=backend), copy.deepcopy(model), 10**6, seed=0)
+            except LibraryMissing as e:
+                print(f"  {backend}: not timed ({e})")
+                continue
+            out[backend] = stepper(learner, batches)
     if kind == "maml":
         out["batched-unrolled"] = stepper(BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10**6, unrolled=True), batches)
-        # torch.func, the textbook way (benchmarks/perf/func_maml.py): timed only, the vmap one is wrong through batch norm.
-        for label, vmap_tasks in (("torch.func loop", False), ("torch.func vmap*", True)):
-            cycle = itertools.cycle(batches)
-            out[label] = lambda v=vmap_tasks, c=cycle: func_meta_gradient(model, next(c), cfg["inner_lr"], cfg["inner_steps"], v)
+        # vmap over tasks, which the torch.func-vmap backend refuses on this net: timed only (meta-gradient
+        # only, no outer step), to show what vmap would buy; its batch-norm second derivatives are wrong.
+        cycle = itertools.cycle(batches)
+        out["torch.func vmap*"] = lambda c=cycle: func_meta_gradient(model, next(c), cfg["inner_lr"], cfg["inner_steps"], True)
     for label, batched in (("floor (loop)", False), ("floor (batched)", True)):
         floors = itertools.cycle([floor_fn(kind, model, cfg, batch, batched) for batch in batches])
         out[label] = lambda floors=floors: next(floors)()
@@ -210,6 +221,11 @@ def memory(model, sample, device: str, steps: int) -> dict[str, int]:
         "batched": build_learner(MetaConfig(**cfg, backend="batched"), copy.deepcopy(model), 10),
         "batched-unrolled": BatchedMAML(copy.deepcopy(model), MetaConfig(**cfg, backend="batched"), 10, unrolled=True),
     }
+    for backend in LIBRARY_BACKENDS:
+        try:
+            learners[backend] = build_learner(MetaConfig(**cfg, backend=backend), copy.deepcopy(model), 10)
+        except LibraryMissing:
+            pass
     result = {}
     for name, learner in learners.items():
         if device.startswith("cuda"):
@@ -281,7 +297,7 @@ def main(argv=None) -> dict:
             print(f"  {k:<18} {v['median'] * 1e3:7.1f} ms {v['min'] * 1e3:7.1f} ms{extra}")
         ratio = lambda a, b, q: med[a][q] / med[b][q]  # noqa: E731
         if name.startswith("maml"):
-            for k in ("batched", "batched-unrolled", "torch.func loop", "torch.func vmap*"):
+            for k in [k for k in med if not k.startswith(("floor", "reference", "sampling"))]:
                 print(f"  speed-up {k} vs higher (reference): x{ratio('reference', k, 'median'):.2f} (medians), "
                       f"x{ratio('reference', k, 'min'):.2f} (minima)")
         if name == "reptile":
@@ -300,7 +316,7 @@ def main(argv=None) -> dict:
         for steps in (5, 10):
             mem = memory(model, sample, args.device, steps)
             report["memory"][steps] = mem
-            row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" for k, v in mem.items())
+            row = "  ".join(f"{k} {v / 2**20:7.1f} MiB" if v is not None else f"{k} (refuses the hooks)" for k, v in mem.items())
             print(f"  K={steps:<3} {row}  batched/reference x{mem['batched'] / mem['reference']:.2f}")
             save(report)
     if args.compile:

@@ -31,7 +31,8 @@ from datasets.archive import atomic_write  # noqa: E402
 from benchmarks.records.collect import SKIP_DIRS, load_rows  # noqa: E402
 from benchmarks.reporting.tables import is_scaling  # noqa: E402
 
-COLOURS = {"reptile": "tab:blue", "fomaml": "tab:orange", "maml": "tab:red"}
+COLOURS = {"reptile": "tab:blue", "fomaml": "tab:orange", "maml": "tab:red", "imaml": "tab:green",
+           "anil": "tab:purple", "foanil": "tab:pink"}
 MIB = 2 ** 20
 
 

@@ -33,21 +33,35 @@ from benchmarks.reporting.table_format import fmt_bytes, fmt_pm, latex_escape, t
 
 DEFAULT_PUBLISHED = Path(__file__).resolve().parents[2] / "results" / "reference" / "published.csv"
 PAPER_SPLITS = {"omniglot": "paper", "miniimagenet": "ravi"}
-NAMES = {"maml": "MAML", "fomaml": "1st-order MAML", "reptile": "Reptile"}
-PROTOCOLS = [("maml", True), ("fomaml", True), ("reptile", False), ("reptile", True)]  # the paper's rows
+NAMES = {"maml": "MAML", "fomaml": "1st-order MAML", "reptile": "Reptile", "imaml": "iMAML-GD",
+         "imaml-hf": "iMAML-HF", "anil": "ANIL", "foanil": "1st-order ANIL"}
+GRADIENT_ORDER = {"reptile": "first", "fomaml": "first", "foanil": "first", "maml": "second",
+                  "imaml": "second (implicit: CG on Hessian-vector products)", "anil": "second (head only)"}
+PUBLISHED_NAMES = {"imaml-gd": "imaml"}
+"""Published algorithm names -> ours (iMAML-GD is our ``imaml``; iMAML-HF is not implemented)."""
+PROTOCOLS = [("maml", True), ("fomaml", True), ("reptile", False), ("reptile", True)]  # the Reptile paper's rows
+OMNIGLOT = [("omniglot", 5, 1), ("omniglot", 5, 5), ("omniglot", 20, 1), ("omniglot", 20, 5)]
 
 
 def label(algorithm: str, transductive: bool) -> str:
     return NAMES.get(algorithm, algorithm) + (" + Transduction" if transductive else "")
 
 
-def protocols(rows: pd.DataFrame) -> list[tuple[str, bool]]:
+def protocols(rows: pd.DataFrame, base=PROTOCOLS) -> list[tuple[str, bool]]:
     """The paper's rows, then any other (algorithm, transductive) measured in ``rows`` (published: —)."""
-    extra = {(str(a), t == True) for a, t in zip(rows.algorithm, rows.transductive)} - set(PROTOCOLS)  # noqa: E712
-    return PROTOCOLS + sorted(extra)
-PAPER_TABLES = [
-    ("Table 1: Mini-ImageNet, 5-way (accuracy %)", "miniimagenet", [(5, 1), (5, 5)]),
-    ("Table 2: Omniglot (accuracy %)", "omniglot", [(5, 1), (5, 5), (20, 1), (20, 5)]),
+    extra = {(str(a), t == True) for a, t in zip(rows.algorithm, rows.transductive)} - set(base)  # noqa: E712
+    return list(base) + sorted(extra)
+
+
+PAPER_TABLES = [  # (title, paper key in published.csv, settings, the paper's rows, whether to add measured others)
+    ("Reptile paper Table 1: Mini-ImageNet, 5-way (accuracy %)", "reptile-2018",
+     [("miniimagenet", 5, 1), ("miniimagenet", 5, 5)], PROTOCOLS, True),
+    ("Reptile paper Table 2: Omniglot (accuracy %)", "reptile-2018", OMNIGLOT, PROTOCOLS, True),
+    ("iMAML paper Table 2: Omniglot (accuracy %)", "imaml-2019", OMNIGLOT,
+     [("maml", True), ("fomaml", True), ("reptile", True), ("imaml", True), ("imaml-hf", True)], False),
+    ("ANIL paper Table 2 (accuracy %)", "anil-2020",
+     [("omniglot", 20, 1), ("omniglot", 20, 5), ("miniimagenet", 5, 1), ("miniimagenet", 5, 5)],
+     [("maml", True), ("anil", True)], False),
 ]
 SMALL_SPLIT_TITLE = ("Omniglot small split: train on small1's alphabets, test on small2's unseen alphabets "
                      "— not comparable to the published split")
@@ -57,9 +71,11 @@ NOTE = ("Our cells: mean ± 95% CI (n = evaluation tasks per seed, meta-iteratio
         "standard error (not divided by S: seeds may share evaluation tasks); with one seed it is that run's "
         "own interval; of several rows of one cell, device and seed, the newest is used. "
         "'overlap': |published − ours| ≤ CI_published + CI_ours; 'disjoint' otherwise. "
-        "'incomplete': the run was cut short by a budget. 'not run': no row for that cell. Only rows of the "
-        "paper's splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill Tables 1 and 2. Published: Nichol et "
-        "al. 2018 (arXiv 1803.02999) Tables 1-2; their MAML rows are Finn et al. 2017's.")
+        "'incomplete': the run was cut short by a budget. 'not run': no row for that cell; 'not implemented': "
+        "an algorithm this benchmark does not have (iMAML-HF, see algorithms/imaml.py). Only rows of the "
+        "papers' splits (Omniglot `paper`, Mini-ImageNet `ravi`) fill the paper tables. Each table's sources are "
+        "listed under it; the Reptile paper's MAML rows are Finn et al. 2017's, the iMAML paper's MAML, "
+        "first-order MAML and Reptile rows are quotes, the ANIL paper's MAML rows are its own runs.")
 
 
 def load_published(path: str | Path) -> pd.DataFrame:
@@ -68,10 +84,11 @@ def load_published(path: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"published numbers not found at {path}; pass --published PATH "
                                 "(the repository ships results/reference/published.csv)")
     df = pd.read_csv(path, dtype=str)  # text, so the numbers print with the paper's own decimals
-    needed = {"dataset", "ways", "shots", "algorithm", "transductive", "accuracy_pct", "ci95_pct"}
+    needed = {"paper", "dataset", "ways", "shots", "algorithm", "transductive", "accuracy_pct", "ci95_pct", "source"}
     if missing := needed - set(df.columns):
         raise ValueError(f"{path} lacks columns {sorted(missing)}; use the columns of results/reference/published.csv")
     df["ways"], df["shots"] = df["ways"].astype(int), df["shots"].astype(int)
+    df["algorithm"] = df["algorithm"].map(lambda a: PUBLISHED_NAMES.get(a, a))
     df["transductive"] = df["transductive"].str.strip().str.lower().map({"true": True, "false": False})
     return df
 
@@ -151,29 +168,36 @@ def pick(groups: pd.DataFrame, dataset: str, splits, ways: int, shots: int, algo
     return m.iloc[0], [f"{r.suite}/{r.cell} ({r.device})" for r in m.iloc[1:].itertuples()]
 
 
-def paper_table(groups: pd.DataFrame, published: pd.DataFrame, dataset: str, settings):
-    """Header, body, notes and the aggregated cells used, for Table 1 or 2."""
-    header = ["Algorithm"] + [f"{w}-way {s}-shot: {side}" for w, s in settings for side in ("published", "ours")]
+def paper_table(groups: pd.DataFrame, published: pd.DataFrame, paper: str, settings, base, extras: bool):
+    """Header, body, notes and the aggregated cells used, for one paper's table."""
+    several = len({d for d, _, _ in settings}) > 1
+    name = lambda d, w, s: f"{'Omniglot' if d == 'omniglot' else 'Mini-ImageNet'} {w}-way {s}-shot" if several \
+        else f"{w}-way {s}-shot"  # noqa: E731
+    header = ["Algorithm"] + [f"{name(d, w, s)}: {side}" for d, w, s in settings for side in ("published", "ours")]
     body, notes, used = [], [], []
-    mine = groups[(groups.dataset == dataset) & (groups.split == PAPER_SPLITS[dataset])
+    datasets = {d for d, _, _ in settings}
+    mine = groups[groups.dataset.isin(datasets) & (groups.split == groups.dataset.map(PAPER_SPLITS))
                   & (groups.metric == "accuracy")] if not groups.empty else groups
-    for algorithm, transductive in protocols(mine):
+    published = published[published.paper == paper]
+    for algorithm, transductive in (protocols(mine, base) if extras else base):
         line = [label(algorithm, transductive)]
-        for ways, shots in settings:
+        for dataset, ways, shots in settings:
             pub = published[(published.dataset == dataset) & (published.ways == ways) & (published.shots == shots)
                             & (published.algorithm == algorithm) & (published.transductive == transductive)]
             pub = pub.iloc[0] if len(pub) else None
             g, others = pick(groups, dataset, [PAPER_SPLITS[dataset]], ways, shots, algorithm, transductive)
-            ours = "not run"
+            ours = "not run" if algorithm in NAMES and algorithm != "imaml-hf" else "not implemented"
             if g is not None:
                 used.append(g)
                 ours = ours_text(g)
                 if pub is not None:
                     ours += " ✓ overlap" if overlap(pub.accuracy_pct, pub.ci95_pct, g.value, g.value_ci) else " ✗ disjoint"
-                notes.append(f"{line[0]}, {ways}-way {shots}-shot: {g.suite}/{g.cell}, backend {g.backend}, "
+                notes.append(f"{line[0]}, {name(dataset, ways, shots)}: {g.suite}/{g.cell}, backend {g.backend}, "
                              f"{g.device}" + (f"; also measured, not shown: {', '.join(others)}" if others else ""))
             line += ["—" if pub is None else fmt_pm(pub.accuracy_pct, pub.ci95_pct), ours]
         body.append(line)
+    sources = sorted({str(src).split(";")[0] for src in published.source})
+    notes.append(f"Published: {'; '.join(sources)} (results/reference/published.csv says where each number is from).")
     return header, body, notes, used
 
 
@@ -211,7 +235,7 @@ def comparison_table(groups: pd.DataFrame):
         slope = 0.0 if abs(slope) < 1 else slope  # flat lines fit to a few bytes either way: show 0, not -0.0
         acc = default[(default.algorithm == alg) & (default.backend == backend)]
         used += list(acc.itertuples())
-        order = "second" if alg == "maml" and g.first_order.iloc[0] != True else "first"
+        order = GRADIENT_ORDER.get(alg, "first" if g.first_order.iloc[0] == True else "second")  # noqa: E712
         kind = g.memory_kind.iloc[0]
         body.append([alg, backend, order,
                      *[fmt_bytes(at[k].autograd_saved_bytes.median()) for k in (5, 20)], fmt_bytes(slope),
@@ -258,8 +282,8 @@ def render(rows: pd.DataFrame, published: pd.DataFrame, files: list[Path], comma
     """File name -> text of every generated table file (pure; nothing is written)."""
     groups = aggregate(rows)
     md, tex, used_paper = [], [], []
-    for title, dataset, settings in PAPER_TABLES:
-        header, body, notes, used = paper_table(groups, published, dataset, settings)
+    for title, paper, settings, base, extras in PAPER_TABLES:
+        header, body, notes, used = paper_table(groups, published, paper, settings, base, extras)
         md.append(f"## {title}\n\n{table_markdown(header, body)}" + "".join(f"\n- {n}" for n in notes))
         tex.append(table_latex(header, body, title))
         used_paper += used

@@ -91,6 +91,14 @@ def preflight(cells: list[CellConfig], skip_missing: bool = False) -> Preflight:
                           f"{f' (+{len(who) - 3} more)' if len(who) > 3 else ''}: {errors[key]}")
     result = Preflight([])
     lines = []
+    from algorithms.libraries import LibraryMissing, check_available
+
+    for backend in sorted({c.learner.backend for c in cells}):
+        try:
+            check_available(backend)
+        except LibraryMissing as e:
+            who = [f"{c.suite}/{c.cell}" for c in cells if c.learner.backend == backend]
+            lines.append(f"{', '.join(who[:3])}{f' (+{len(who) - 3} more)' if len(who) > 3 else ''}: {e}")
     for cell in cells:
         bad = [k for _, *k in _parts(cell) if tuple(k) in errors]
         if bad:

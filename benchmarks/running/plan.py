@@ -161,9 +161,10 @@ def report(cells: list[CellConfig], results: Path, probe: bool = True, threads: 
             lines.append(f"  {c.cell}: {n_eval:,} evaluation tasks"
                          + ("" if not n_eval else f" x {per:.3g} s ({esrc}) = {_hours(eval_s)}" if per is not None
                             else " x unknown"))
-    lines += ["", f"total: {_hours(total)} for {len(trainings)} trainings and {len(cells)} cells "
-                  f"(without sharing trainings: {_hours(unshared)}); with --jobs N, wall time is about total / N "
-                  "when N trainings fit the machine"]
+    at_least = "at least " if unknown else ""
+    lines += ["", f"total: {at_least}{_hours(total)} for {len(trainings)} trainings and {len(cells)} cells "
+                  f"(without sharing trainings: {at_least}{_hours(unshared)}); with --jobs N, wall time is about "
+                  "total / N when N trainings fit the machine"]
     if unknown:
         lines.append(f"{unknown} cost(s) unknown (no rows measured on {label}; rerun without --no-probe to time them)")
     return "\n".join(lines)

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from algorithms import DivergedError, build_learner, build_model
 from algorithms.base import task_loss
 from algorithms.evaluation import evaluate
+from algorithms.libraries import LibraryMissing
 from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, write_result  # noqa: F401 (ROWS_FILE: for callers)
 from benchmarks.running import checkpoints, measure
@@ -301,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {names}: data problem, nothing trained:\n{e}", file=sys.stderr)
         return EXIT_DATA
+    except LibraryMissing as e:
+        print(f"error: {names}: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except DivergedError as e:
         print(f"error: {names}: diverged, no row written for it: {e}", file=sys.stderr)
         return EXIT_DIVERGED
