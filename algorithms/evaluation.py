@@ -47,7 +47,7 @@ from .reptile import make_inner_optimizer
 MODES = ("auto", "serial", "batched")
 DEFAULT_MODE = {"cpu": "batched", "cuda": "batched"}
 """``EvalConfig.mode = "auto"`` per device type, chosen from ``python -m benchmarks.perf.eval_throughput``
-(results/perf/eval_throughput_cpu.json): on this project's CPU the batched evaluator was 1.3x the serial
+(results/eval/throughput_cpu.json): on this project's CPU the batched evaluator was 1.3x the serial
 one's tasks per second with bit-identical float32 scores (``batched_eval.CONV_MODE``)."""
 
 

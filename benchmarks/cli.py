@@ -3,6 +3,8 @@
     python -m benchmarks.cli run --suite default            # what `make benchmark` runs
     python -m benchmarks.cli run --suite smoke --out /tmp/smoke --cells 'sine-*' --seeds 0,1 --jobs 2
     python -m benchmarks.cli plan --suite paper-omniglot     # distinct trainings and projected hours
+    python -m benchmarks.cli run --suite paper-omniglot --launcher submitit --device cuda --slurm-gpus 1
+    python -m benchmarks.cli collect --suite paper-omniglot  # finished / running / failed jobs
     python -m benchmarks.cli list                            # suites and their cells
     python -m benchmarks.cli tables [--results results]      # paper tables + plots from the rows
 
@@ -69,7 +71,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def with_device(cells, device_option: str | None):
+def with_device(cells, device_option: str | None, check_cuda: bool = True):
     """Each cell with its device resolved (and evaluation mode for that device), before any hashing.
 
     A suite may pin a device; ``--device`` must then agree (a silent override would run, and record, a
@@ -80,7 +82,8 @@ def with_device(cells, device_option: str | None):
         if cell.device != "auto" and device_option not in (None, "auto") and cell.device != device_option:
             raise UsageError(f"cell {cell.suite}/{cell.cell}: its suite sets device = {cell.device!r} but --device is "
                              f"{device_option!r}; drop one of them (or select other cells with --cells)")
-        device = resolve_device(cell.device if cell.device != "auto" else (device_option or "auto"))
+        wanted = cell.device if cell.device != "auto" else (device_option or "auto")
+        device = resolve_device(wanted) if check_cuda or not wanted.startswith("cuda") else wanted
         ev = replace(cell.eval, mode=resolve_mode(cell.eval.mode, device)) if cell.eval.num_tasks else cell.eval
         out.append(replace(cell, device=device, eval=ev))
     return out
@@ -135,16 +138,27 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
-    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device)
+    on_cluster = args.launcher == "submitit"
+    if on_cluster and args.max_minutes is not None:
+        raise UsageError("--max-minutes is the local launcher's budget; on a cluster give each job --slurm-time")
+    if not on_cluster and (args.no_wait or args.cluster != "slurm"):
+        raise UsageError("--no-wait and --cluster go with --launcher submitit")
+    # A SLURM login node need not see the GPUs its jobs will run on.
+    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device,
+                        check_cuda=not (on_cluster and args.cluster == "slurm"))
     out = Path(args.out)
     suite = suite_name(args.suite)
     folder = out / suite
     check_writable(folder)
+    if len({c.device for c in cells}) > 1:
+        raise UsageError(f"the selected cells run on several devices ({sorted({c.device for c in cells})}); "
+                         "run each device's cells separately (--cells)")
     device = cells[0].device
-    jobs, slots, warning = parse_jobs(args.jobs, device, args.threads)
+    jobs, slots, warning = (1, [{}], None) if on_cluster else parse_jobs(args.jobs, device, args.threads)
     git_state = provenance.git_state(exclude=out)
     # The name each row will carry (the runner sets --threads before naming its device).
-    device_label = provenance.device_name(device, args.threads or None)
+    device_label = (provenance.device_name(device, args.threads or None)
+                    if not (device.startswith("cuda") and on_cluster and args.cluster == "slurm") else None)
     done = completed_hashes(folder / ROWS_FILE, git_state, device_label)  # also refuses a rows file of another schema
     check_scores_file(folder)
     pending = [c for c in cells if c.config_hash() not in done]
@@ -161,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(warning, file=sys.stderr)
     trainings = group(ready.cells)
+    if on_cluster:
+        return run_on_cluster(args, trainings, out, git_state, len(cells) - len(pending))
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     git = json.dumps(git_state)
@@ -218,6 +234,78 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if (cut or not_started or busy) else 0
 
 
+def cluster_settings(args: argparse.Namespace):
+    from benchmarks.running import cluster
+    from benchmarks.running.suites import suite_table
+
+    bad = [kv for kv in args.slurm_extra or [] if "=" not in kv]
+    if bad:
+        raise UsageError(f"--slurm-extra takes sbatch options as KEY=VALUE (e.g. qos=high), got {bad}")
+    flags = {"partition": args.slurm_partition, "gpus": args.slurm_gpus, "cpus": args.slurm_cpus,
+             "time_minutes": args.slurm_time, "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism,
+             "extra": dict(kv.split("=", 1) for kv in args.slurm_extra) if args.slurm_extra else None}
+    try:
+        return cluster.SlurmSettings.merged(suite_table(args.suite, "slurm"), flags)
+    except cluster.ClusterError as e:
+        raise UsageError(str(e)) from None
+
+
+def run_on_cluster(args, trainings: list[Training], out: Path, git_state: dict, already: int) -> int:
+    """Submit one submitit job per training not finished nor running; wait for them unless --no-wait."""
+    from benchmarks.running import cluster
+
+    slurm = cluster_settings(args)
+    local_dirs = ("/tmp", "/var/tmp", "/dev/shm")
+    resolved = str(out.resolve())
+    if args.cluster == "slurm" and any(resolved == d or resolved.startswith(d + "/") for d in local_dirs):
+        raise UsageError(f"--out {out} is node-local ({resolved}): jobs on other nodes could not write their rows "
+                         "there; pass an --out on a filesystem every node shares")
+    command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
+    suite = suite_name(args.suite)
+    registry = cluster.registry(out / suite / "submitit") if trainings else {}
+    running = [t for t in trainings if cluster.status(t, out, registry.get(t.key))[0] == "running"]
+    todo = [t for t in trainings if t not in running]
+    for t in running:
+        print(f"still running, not resubmitted: {t.name} (job {registry.get(t.key, {}).get('job_id', '?')})")
+
+    def job_for(t: Training):
+        return cluster.TrainingJob([c.to_dict() for c in t.cells], str(out), args.wandb, command, git_state,
+                                   args.threads, 1)
+
+    try:
+        jobs = cluster.submit(todo, out, args.cluster, slurm, job_for) if todo else {}
+    except cluster.ClusterError as e:
+        raise UsageError(str(e)) from None
+    print(f"suite {suite}: {len(todo)} training(s) submitted ({sum(len(t.cells) for t in todo)} cells), "
+          f"{len(running)} still running, {already} cell(s) already complete at this commit; "
+          f"job folders under {out / suite / 'submitit'}")
+    for t in todo:
+        print(f"  job {jobs[t.key].job_id}: {t.name}")
+    if args.no_wait:
+        print(f"check on them with: python -m benchmarks.cli collect --suite {args.suite} --out {out}")
+        return 0
+    failures = cluster.wait(jobs, todo, quiet=quiet())
+    states, lines = cluster.report(trainings, out)
+    print("\n".join(lines))
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    if failures or states.get("failed"):
+        return EXIT_FAILED
+    return EXIT_INCOMPLETE if set(states) - {"finished"} else 0
+
+
+def collect(args: argparse.Namespace) -> int:
+    """Report each training of the suite as finished, running, failed (with its log) or not started."""
+    from benchmarks.running import cluster
+
+    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device, check_cuda=False)
+    states, lines = cluster.report(group(cells), Path(args.out))
+    print("\n".join(lines))
+    if states.get("failed"):
+        return EXIT_FAILED
+    return EXIT_INCOMPLETE if set(states) - {"finished"} else 0
+
+
 def list_suites(args: argparse.Namespace) -> int:
     for name in [args.suite] if args.suite else available_suites():
         cells = load_suite(name)
@@ -271,7 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainings run side by side, each pinned to its own cores (CPU) or GPU: N, or 'auto' "
                         "(one per core on CPU, one per GPU); default 1")
     r.add_argument("--skip-missing", action="store_true", help="skip cells whose data is missing instead of stopping")
+    r.add_argument("--launcher", default="local", choices=["local", "submitit"],
+                   help="local: training processes on this machine (default); submitit: one SLURM job per training")
+    r.add_argument("--cluster", default="slurm", choices=["slurm", "local"],
+                   help="with --launcher submitit: slurm (default), or local to run the jobs as local processes")
+    r.add_argument("--no-wait", action="store_true", help="with --launcher submitit: print the job ids and return")
+    sl = r.add_argument_group("SLURM (with --launcher submitit; a suite's [slurm] table sets defaults)")
+    sl.add_argument("--slurm-partition", default=None, help="partition of every job")
+    sl.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default 0)")
+    sl.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job (default 1)")
+    sl.add_argument("--slurm-time", type=int, default=None, help="time limit per job in minutes (default 240); "
+                    "a job stopped by it is requeued and resumes")
+    sl.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
+    sl.add_argument("--slurm-array-parallelism", type=int, default=None, help="most jobs running at once (default 256)")
+    sl.add_argument("--slurm-extra", nargs="*", default=None, metavar="KEY=VALUE", help="more sbatch options")
     r.set_defaults(func=run)
+    c = sub.add_parser("collect", help="report the trainings of a suite run with --launcher submitit")
+    c.add_argument("--suite", required=True, help=suite_help)
+    c.add_argument("--cells", default=None, help="only cells whose name matches (as for run)")
+    c.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="as given to run")
+    c.add_argument("--seeds", default=None, help="as given to run")
+    c.add_argument("--out", default="results", help="results folder given to run")
+    c.set_defaults(func=collect)
     p = sub.add_parser("plan", help="distinct trainings, evaluation tasks and projected hours of a suite")
     p.add_argument("--suite", required=True, help=suite_help)
     p.add_argument("--cells", default=None, help="only cells whose name matches (as for run)")

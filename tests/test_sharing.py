@@ -60,7 +60,7 @@ def test_suites_share_what_they_can():
     default = group(cli.with_device(load_suite("default"), "cpu"))
     reptile = [t for t in default if t.first.learner.algorithm == "reptile" and t.first.dataset == "omniglot"
                and t.first.suite == "default" and not t.first.cell.startswith("scaling")]
-    assert len(default) == 94 and len(reptile) == 1 and len(reptile[0].cells) == 4
+    assert len(default) == 97 and len(reptile) == 1 and len(reptile[0].cells) == 4
     paper = load_suite("paper-omniglot")
     assert len(group(paper)) <= len(paper) // 2  # 24 cells, 10 trainings
 

@@ -1,7 +1,7 @@
 """Which MAML implementation is correct? Every backend's float64 meta-gradient against the higher reference and
 against central finite differences, on a conv net with batch norm, for 1 and 3 inner steps.
 
-    python -m benchmarks.perf.backend_check [--json results/limits/backends_correctness.json]
+    python -m benchmarks.perf.backend_check [--json results/backends/correctness.json]
 
 For each backend of ``maml`` (second order) and ``fomaml``: the relative error ||g - g_ref|| / ||g_ref||
 against the reference (higher); for second order also the relative error of the directional derivative
@@ -84,7 +84,6 @@ def flat(ts) -> torch.Tensor:
 
 
 def check() -> dict:
-    torch.set_num_threads(1)
     model, batch = problem()
     g = torch.Generator().manual_seed(11)
     u = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in model.parameters()]
@@ -117,6 +116,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", default=None, help="also write the errors to this file")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # tiny float64 graphs: more threads only fight over the cores
     report = {"device": device_name("cpu"), "torch": torch.__version__, "command": command_line(),
               **git_state(exclude=REPO_ROOT / "results"), **check()}
     if args.json:

@@ -200,7 +200,7 @@ def read_rows_or_empty(path: str | os.PathLike) -> pd.DataFrame:
     return read_rows(path)
 
 
-def completed_hashes(path: str | os.PathLike, git: dict, device: str) -> set[str]:
+def completed_hashes(path: str | os.PathLike, git: dict, device: str | None) -> set[str]:
     """Config hashes of the cells this code version has finished on this device: rows that say
     ``complete``, were written from a clean tree at ``git["git_commit"]`` and name ``device`` (on CPU
     the name carries the thread count). The runner skips those cells and runs every other one.
@@ -208,7 +208,8 @@ def completed_hashes(path: str | os.PathLike, git: dict, device: str) -> set[str
     Rows of another commit (the committed reference runs in a fresh clone, or older code) do not
     count: skipping them would pass another version's numbers off as this one's, and would make
     ``make benchmark`` in a fresh clone a no-op. Such a cell is run again and its new row replaces
-    the old one (same ``config_hash``, see ``write_row``). With uncommitted changes
+    the old one (same ``config_hash``, see ``write_row``). ``device`` None (a SLURM login node submitting GPU
+    jobs cannot name their card) accepts any CUDA device. With uncommitted changes
     (``git["git_dirty"]`` not False) nothing counts: a row does not say which changes it ran with.
     """
     df = read_rows_or_empty(path)
@@ -217,7 +218,7 @@ def completed_hashes(path: str | os.PathLike, git: dict, device: str) -> set[str
     complete = df["complete"] == True  # noqa: E712 (object column)
     clean = df["git_dirty"].astype(str).str.lower() == "false"
     mine = (complete & clean & (df["git_commit"].fillna("").astype(str) == str(git["git_commit"]))
-            & (df["device"].fillna("").astype(str) == device))
+            & (df["device"].fillna("").astype(str).map(lambda d: d == device if device else d.startswith("cuda"))))
     return set(df.loc[mine, "config_hash"].astype(str))
 
 

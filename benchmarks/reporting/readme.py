@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.records.collect import load_rows
+from benchmarks.reporting import implementations
 from benchmarks.reporting.table_format import write_text_atomic
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -115,6 +117,28 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     return out
 
 
+def eval_lines(eval_dir: Path, readme: Path) -> list[str]:
+    """Evaluation throughput (batched vs serial) and float32 agreement, from ``benchmarks.perf.eval_throughput``."""
+    out = []
+    for path in sorted(eval_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not `benchmarks.perf.eval_throughput --json` output ({e})") from e
+        if "per_protocol" in data:
+            out += ["", f"Evaluation throughput, tasks per second (5-way 1-shot, {data['device']}, {_link(path, readme)}):", "",
+                    "| Protocol | Evaluator | Tasks per second | × serial |", "|---|---|---|---|"]
+            for protocol, contenders in data["per_protocol"].items():
+                out += [f"| {protocol} | {name} | {v['tasks_per_s']:.1f} | ×{v['vs_serial']:.2f} |" for name, v in contenders.items()]
+        if "settings" in data:
+            out += ["", f"Batched against serial evaluation in float32 on the default suite's pools (600 tasks, a "
+                    f"randomly initialised network; {data['device']}, {_link(path, readme)}):", "",
+                    "| Setting, evaluator | Tasks with another score | Predictions changed (at least) |", "|---|---|---|"]
+            out += [f"| {k} | {v['tasks_changed']} / 600 | {v['predictions_changed_at_least']} / {v['predictions']} |"
+                    for k, v in data["settings"].items()]
+    return out[1:] if out else []
+
+
 def build_section(readme: Path, results_dir: Path) -> str:
     """The text between the markers (markers excluded)."""
     tables, plots = results_dir / "tables", results_dir / "plots"
@@ -145,6 +169,13 @@ def build_section(readme: Path, results_dir: Path) -> str:
     limits = limits_lines(results_dir / "limits", readme)
     if limits:
         out += ["#### Distance to the hardware floor (`python -m benchmarks.perf.limits`; `make perf`)", "", *limits, ""]
+    evaluation = eval_lines(results_dir / "eval", readme)
+    if evaluation:
+        out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]
+    rows = load_rows(results_dir)[0] if results_dir.is_dir() else None
+    compared = implementations.lines(results_dir, rows) if rows is not None else []
+    if compared:
+        out += ["#### MAML implementations compared (`make perf`, scaling sweep)", "", *compared, ""]
     perf = perf_lines(results_dir / "perf", readme)
     if perf:
         out += ["#### Performance micro-benchmarks (pytest-benchmark; `make perf`)", "", *perf, ""]

@@ -4,6 +4,8 @@ File format (every key optional except ``group``; see smoke.toml for a small exa
 
     description = "what the suite is for"
     include = ["scaling"]              # add the cells of other suites (they run under this suite's name)
+    [slurm]                            # defaults of --launcher submitit's --slurm-* flags (running/cluster.py)
+    gpus = 1                           #   partition, gpus, cpus, time_minutes, mem_gb, array_parallelism, extra
                                        # (a name in benchmarks/suites, or a .toml path relative to this file)
 
     [defaults]                         # CellConfig fields shared by every group of this file
@@ -45,6 +47,7 @@ from algorithms.evaluation import EvalConfig
 from benchmarks.running.config import FIRST_ORDER, CellConfig, check_fields
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
+TOP_LEVEL = ("description", "include", "defaults", "group", "slurm")
 AXES = {  # axis key in a group -> (singular name used by `when` and templates, path in the cell dict)
     "algorithms": ("algorithm", ("learner", "algorithm")),
     "backends": ("backend", ("learner", "backend")),
@@ -100,6 +103,14 @@ def _read(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(f"{path}: not valid TOML: {e}") from None
+
+
+def suite_table(name: str, key: str) -> dict[str, Any]:
+    """A top-level table of a suite file (``slurm``: the defaults of its SLURM settings), or {}."""
+    value = _read(suite_path(name)).get(key, {})
+    if not isinstance(value, dict):
+        raise SuiteError(f"suite {name}: `{key}` must be a [{key}] table")
+    return value
 
 
 def describe(name: str) -> str:
@@ -242,9 +253,11 @@ def load_suite(name: str, seeds: list[int] | None = None, _as: str | None = None
         raise SuiteError(f"suite {name!r} includes itself (through {' -> '.join(p.stem for p in _seen)})")
     spec = _read(path)
     suite = _as or suite_name(name)
-    unknown = sorted(set(spec) - {"description", "include", "defaults", "group"})
+    unknown = sorted(set(spec) - set(TOP_LEVEL))
     if unknown:
-        raise SuiteError(f"suite {name}: unknown top-level keys {unknown}; valid: description, include, defaults, group")
+        raise SuiteError(f"suite {name}: unknown top-level keys {unknown}; valid: {', '.join(TOP_LEVEL)}")
+    if not isinstance(spec.get("slurm", {}), dict):
+        raise SuiteError(f"suite {name}: `slurm` must be a [slurm] table of SLURM settings")
     includes = _as_list(spec.get("include", []))
     if not all(isinstance(inc, str) for inc in includes):
         raise SuiteError(f"suite {name}: include must list suite names or .toml paths, got {spec['include']!r}")
