@@ -159,8 +159,25 @@ class MetaLearner(ABC):
         self.generator = torch.Generator().manual_seed(seed)
 
     @abstractmethod
+    def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:
+        """The outer update direction from a meta-batch (mean over its tasks) and its metrics; no step taken."""
+
+    @abstractmethod
+    def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
+        """Take the outer step along ``grads`` (``model.parameters()`` order) and count the iteration."""
+
     def meta_step(self, batch: TaskBatch) -> dict[str, float]:
         """One outer update from a meta-batch; returns at least ``loss`` (mean inner/query loss)."""
+        grads, metrics = self.meta_gradient(batch)
+        return {**metrics, **self.apply_meta_gradient(grads)}
+
+    def skip_tasks(self, batch: TaskBatch, count: int) -> None:
+        """Consume the randomness ``count`` tasks of ``batch`` would draw, without their work.
+
+        Data-parallel training (``running.distributed``) gives each rank a slice of the meta-batch; a rank
+        skips the other ranks' tasks so its random stream stays the single-process one. Only learners that
+        draw per-task randomness (Reptile's minibatches) override this.
+        """
 
     def _like_model(self, batch: TaskBatch) -> TaskBatch:
         """The batch on the meta-parameters' device, its float tensors in their dtype (float64 in tests)."""

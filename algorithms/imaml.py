@@ -31,32 +31,23 @@ it ("sqp unsupported in this version") and the paper does not specify its line s
 """
 from __future__ import annotations
 
-from typing import Any
-
 import higher
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, MetaLearner, check_finite, check_output_size, register, task_loss
+from .base import check_finite, check_output_size, register, task_loss
 from .cg import conjugate_gradient
+from .maml import MAML
 
 
 @register("imaml")
-class IMAML(MetaLearner):
-    def __init__(self, model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0):
-        super().__init__(model, config, total_iterations, seed)
-        self.outer_optimizer = torch.optim.Adam(self.model.parameters(), lr=config.meta_lr)
+class IMAML(MAML):
+    """MAML's outer Adam, checkpoints and metrics; the meta-gradient is the implicit one."""
 
     def backend_info(self) -> str:
         return f"torch {torch.__version__} autograd (HVPs by double backward), CG {self.config.cg_steps} steps"
-
-    def _like_model(self, batch: TaskBatch) -> TaskBatch:
-        if batch.query_x.shape[1] == 0:
-            raise ValueError("imaml's outer loss is a query loss: sample tasks with query >= 1 "
-                             "(got a batch with no query examples)")
-        return super()._like_model(batch)
 
     def inner_solve(self, fmodel, x_s: Tensor, y_s: Tensor, check: bool = False) -> tuple[list[Tensor], Tensor]:
         """phi after gradient descent on the proximal objective (detached), and the first support loss."""
@@ -115,16 +106,3 @@ class IMAML(MetaLearner):
         return grads, {"loss": mean_loss.item(), "support_loss": torch.stack(s_losses).mean().item(),
                        "cg_residual": torch.stack(residuals).mean().item()}
 
-    def meta_step(self, batch: TaskBatch) -> dict[str, float]:
-        _, metrics = self.meta_gradient(batch)
-        self.outer_optimizer.step()
-        self.outer_optimizer.zero_grad(set_to_none=True)
-        self.iteration += 1
-        return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "outer_optimizer": self.outer_optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.outer_optimizer.load_state_dict(state["outer_optimizer"])

@@ -99,12 +99,15 @@ class MAML(MetaLearner):
         check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
         return [g.clone() for g in grads], {"loss": mean_loss.item(), "support_loss": torch.stack(support_losses).mean().item()}
 
-    def meta_step(self, batch: TaskBatch) -> dict[str, float]:
-        _, metrics = self.meta_gradient(batch)
+    def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
+        """The outer Adam step on ``grads`` (each learner's ``meta_gradient`` already leaves them in ``.grad``;
+        data-parallel training replaces them by the all-reduced mean)."""
+        for p, g in zip(self.model.parameters(), grads):
+            p.grad = g
         self.outer_optimizer.step()
         self.outer_optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
-        return metrics
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "outer_optimizer": self.outer_optimizer.state_dict()}

@@ -67,11 +67,12 @@ class Reptile(MetaLearner):
         moved = [torch.zeros_like(p) for p in params]
         losses: list[Tensor] = []
         c = self.config
+        draws = self.draw_minibatches(batch.support_x.shape[1], len(batch))
         for i in range(len(batch)):
             if not c.persist_inner_state:
                 self.inner_optimizer = self._new_inner_optimizer()
             x, y = batch.support_x[i], batch.support_y[i]
-            for step, idx in enumerate(cycle_minibatches(x.shape[0], c.inner_batch, c.inner_steps, self.generator)):
+            for step, idx in enumerate(draws[i]):
                 out = self.model(x[idx])
                 if i == 0 and step == 0:
                     # The whole support set fixes the ways: a minibatch may miss the last label.
@@ -93,14 +94,21 @@ class Reptile(MetaLearner):
         check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, c)
         return grads, {"loss": mean_loss.item()}
 
-    def meta_step(self, batch: TaskBatch) -> dict[str, float]:
-        grads, metrics = self.meta_gradient(batch)
+    def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
         eps = self.epsilon()
         with torch.no_grad():
             for p, g in zip(self.model.parameters(), grads):
                 p.sub_(eps * g)
         self.iteration += 1
-        return {**metrics, "epsilon": eps}
+        return {"epsilon": eps}
+
+    def draw_minibatches(self, n: int, tasks: int) -> list[list[Tensor]]:
+        """Each task's inner minibatch indices, task after task from ``self.generator`` (the official order)."""
+        c = self.config
+        return [list(cycle_minibatches(n, c.inner_batch, c.inner_steps, self.generator)) for _ in range(tasks)]
+
+    def skip_tasks(self, batch: TaskBatch, count: int) -> None:
+        self.draw_minibatches(batch.support_x.shape[1], count)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "inner_optimizer": self.inner_optimizer.state_dict()}

@@ -89,6 +89,14 @@ def with_device(cells, device_option: str | None, check_cuda: bool = True):
     return out
 
 
+def check_shared(out: Path) -> None:
+    """SLURM jobs write from other nodes: refuse a results folder that is node-local by its path."""
+    resolved = str(out.resolve())
+    if any(resolved == d or resolved.startswith(d + "/") for d in ("/tmp", "/var/tmp", "/dev/shm")):
+        raise UsageError(f"--out {out} is node-local ({resolved}): jobs on other nodes could not write their rows "
+                         "there; pass an --out on a filesystem every node shares")
+
+
 def check_writable(folder: Path) -> None:
     """Fail before any work if results cannot be written under ``folder``."""
     try:
@@ -99,15 +107,16 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write results to {folder} ({e.strerror or e}); pass a writable --out folder") from None
 
 
-def parse_jobs(text: str, device: str, threads: int) -> tuple[int, list[dict], str | None]:
-    """(jobs, slots, warning) for ``--jobs N|auto`` on ``device`` (``threads`` torch threads per job)."""
+def parse_jobs(text: str, device: str, threads: int, ranks: int = 1) -> tuple[int, list[dict], str | None]:
+    """(jobs, slots, warning) for ``--jobs N|auto`` on ``device`` (``threads`` torch threads per rank, ``ranks``
+    processes per training)."""
     if device.startswith("cuda"):
         import torch
 
         units, what = torch.cuda.device_count(), "GPU"
     else:
         units, what = len(launch.available_cpus()), "core"
-    per = 1 if device.startswith("cuda") else max(1, threads)
+    per = ranks if device.startswith("cuda") else max(1, threads) * ranks
     if text == "auto":
         jobs = max(1, units // per)
     else:
@@ -121,7 +130,8 @@ def parse_jobs(text: str, device: str, threads: int) -> tuple[int, list[dict], s
     if jobs * per > units:
         warning = (f"warning: --jobs {jobs} x {per} thread(s) on {units} {what}(s): trainings will share "
                    f"{what}s, so their step times (and the rows' time columns) will be slower than alone")
-    slots = launch.gpu_slots(jobs, units) if device.startswith("cuda") else launch.cpu_slots(jobs, threads)
+    slots = (launch.gpu_slots(jobs, units, ranks) if device.startswith("cuda")
+             else launch.cpu_slots(jobs, max(1, threads) * ranks if ranks > 1 else threads))
     return jobs, slots, warning
 
 
@@ -149,12 +159,32 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     suite = suite_name(args.suite)
     folder = out / suite
+    if on_cluster and args.cluster == "slurm":
+        import shutil
+
+        if shutil.which("sbatch") is None:
+            raise UsageError("--launcher submitit: no SLURM on this machine (sbatch not found); pass --cluster local "
+                             "to run the same jobs as local processes, or run on a SLURM login node")
+        check_shared(out)
     check_writable(folder)
     if len({c.device for c in cells}) > 1:
         raise UsageError(f"the selected cells run on several devices ({sorted({c.device for c in cells})}); "
                          "run each device's cells separately (--cells)")
     device = cells[0].device
-    jobs, slots, warning = (1, [{}], None) if on_cluster else parse_jobs(args.jobs, device, args.threads)
+    if args.ranks < 1:
+        raise UsageError(f"--ranks must be >= 1 (processes one training is split over), got {args.ranks}")
+    if args.ranks > 1:
+        from benchmarks.running import distributed
+
+        if on_cluster:
+            raise UsageError("--ranks (torchrun on this machine) goes with the local launcher; on a cluster a job "
+                             "runs one training per GPU set by --slurm-gpus")
+        for cell in cells:
+            try:
+                distributed.check_splittable(cell, args.ranks)
+            except distributed.DistributedError as e:
+                raise UsageError(str(e)) from None
+    jobs, slots, warning = (1, [{}], None) if on_cluster else parse_jobs(args.jobs, device, args.threads, args.ranks)
     git_state = provenance.git_state(exclude=out)
     # The name each row will carry (the runner sets --threads before naming its device).
     device_label = (provenance.device_name(device, args.threads or None)
@@ -182,10 +212,12 @@ def run(args: argparse.Namespace) -> int:
     git = json.dumps(git_state)
 
     def command_for(training: Training, slot: dict) -> list[str]:
-        cmd = [sys.executable, "-m", "benchmarks.running.runner", "--cells-json",
-               json.dumps([c.to_dict() for c in training.cells], sort_keys=True), "--out", str(out),
-               "--wandb", args.wandb, "--command", command, "--git-json", git, "--jobs", str(jobs),
-               "--parent-pid", str(os.getpid())]
+        # One process, or torchrun starting --ranks of them (each its share of the meta-batch, see distributed.py).
+        start = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.ranks),
+                  "-m", "benchmarks.running.runner", "--distributed"] if args.ranks > 1
+                 else [sys.executable, "-m", "benchmarks.running.runner", "--parent-pid", str(os.getpid())])
+        cmd = [*start, "--cells-json", json.dumps([c.to_dict() for c in training.cells], sort_keys=True), "--out",
+               str(out), "--wandb", args.wandb, "--command", command, "--git-json", git, "--jobs", str(jobs)]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
         if args.threads:
@@ -255,11 +287,6 @@ def run_on_cluster(args, trainings: list[Training], out: Path, git_state: dict, 
     from benchmarks.running import cluster
 
     slurm = cluster_settings(args)
-    local_dirs = ("/tmp", "/var/tmp", "/dev/shm")
-    resolved = str(out.resolve())
-    if args.cluster == "slurm" and any(resolved == d or resolved.startswith(d + "/") for d in local_dirs):
-        raise UsageError(f"--out {out} is node-local ({resolved}): jobs on other nodes could not write their rows "
-                         "there; pass an --out on a filesystem every node shares")
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     suite = suite_name(args.suite)
     registry = cluster.registry(out / suite / "submitit") if trainings else {}
@@ -359,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trainings run side by side, each pinned to its own cores (CPU) or GPU: N, or 'auto' "
                         "(one per core on CPU, one per GPU); default 1")
     r.add_argument("--skip-missing", action="store_true", help="skip cells whose data is missing instead of stopping")
+    r.add_argument("--ranks", type=int, default=1,
+                   help="split each training's meta-batch over N processes (torchrun; gloo on CPU, NCCL on GPU); "
+                        "default 1")
     r.add_argument("--launcher", default="local", choices=["local", "submitit"],
                    help="local: training processes on this machine (default); submitit: one SLURM job per training")
     r.add_argument("--cluster", default="slurm", choices=["slurm", "local"],

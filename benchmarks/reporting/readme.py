@@ -139,6 +139,23 @@ def eval_lines(eval_dir: Path, readme: Path) -> list[str]:
     return out[1:] if out else []
 
 
+def distributed_lines(folder: Path, readme: Path) -> list[str]:
+    """Data-parallel meta-steps per second against one rank (``benchmarks.perf.data_parallel``)."""
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            results = data["results"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{path} is not `benchmarks.perf.data_parallel --json` output ({e})") from e
+        out += [f"One training split over torchrun ranks ({data['setting']}; {data['device']} per rank; "
+                f"{data['allreduce_bytes_per_step'] / 1e3:.0f} kB all-reduced per meta-step; {_link(path, readme)}):", "",
+                "| Ranks | Median meta-step | Meta-steps per second | × one rank |", "|---|---|---|---|"]
+        out += [f"| {n} | {_duration(r['step_s_median'])} | {r['steps_per_s']:.2f} | ×{r['speedup']:.2f} |"
+                for n, r in results.items()]
+    return out
+
+
 def build_section(readme: Path, results_dir: Path) -> str:
     """The text between the markers (markers excluded)."""
     tables, plots = results_dir / "tables", results_dir / "plots"
@@ -172,6 +189,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]
+    parallel = distributed_lines(results_dir / "distributed", readme)
+    if parallel:
+        out += ["#### Data-parallel training (`python -m benchmarks.perf.data_parallel`; `make perf`)", "", *parallel, ""]
     rows = load_rows(results_dir)[0] if results_dir.is_dir() else None
     compared = implementations.lines(results_dir, rows) if rows is not None else []
     if compared:

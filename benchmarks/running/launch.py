@@ -46,14 +46,26 @@ def cpu_slots(jobs: int, threads: int) -> list[dict]:
     return [{"cpus": ",".join(str(cores[(i * per + k) % len(cores)]) for k in range(per))} for i in range(jobs)]
 
 
-def gpu_slots(jobs: int, gpus: int) -> list[dict]:
-    """Per slot: the card it sees (``CUDA_VISIBLE_DEVICES``), round robin over ``gpus`` cards."""
-    return [{"env": {"CUDA_VISIBLE_DEVICES": str(i % max(1, gpus))}} for i in range(jobs)]
+def gpu_slots(jobs: int, gpus: int, ranks: int = 1) -> list[dict]:
+    """Per slot: the cards it sees (``CUDA_VISIBLE_DEVICES``: ``ranks`` of them), round robin over ``gpus`` cards."""
+    n = max(1, gpus)
+    return [{"env": {"CUDA_VISIBLE_DEVICES": ",".join(str((i * ranks + k) % n) for k in range(ranks))}}
+            for i in range(jobs)]
 
 
 def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start one training process (tests replace this)."""
-    return subprocess.Popen(cmd, env=env)
+    """Start one training process (tests replace this). torchrun, which cannot be told to die with the CLI,
+    gets the kernel's parent-death signal before it starts (its ranks in turn die with it)."""
+    torchrun = "torch.distributed.run" in cmd
+    return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if torchrun else None)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def run_local(trainings: list[Training], command_for: Callable[[Training, dict], list[str]], jobs: int,

@@ -15,7 +15,7 @@ from benchmarks.running.config import CellConfig
 
 def make_row(cell: CellConfig, learner, training, result, run: dict[str, Any], times, command: str,
              git: dict[str, Any], device: str, jobs: int, *, saved_bytes: int | None, peak: tuple[int, str],
-             eval_s: float, total_s: float) -> dict[str, Any]:
+             eval_s: float, total_s: float, world_size: int = 1) -> dict[str, Any]:
     losses = run["losses"]
     tail = losses[-max(1, len(losses) // 10):] if losses else []
     row = {
@@ -34,7 +34,7 @@ def make_row(cell: CellConfig, learner, training, result, run: dict[str, Any], t
         "eval_mode": result.mode if result else "",
         "peak_memory_bytes": peak[0], "memory_kind": peak[1], "autograd_saved_bytes": saved_bytes,
         "step_time_median_s": times.median, "step_time_total_s": times.total, "eval_time_s": eval_s,
-        "total_time_s": total_s, "parallel_jobs": jobs, "world_size": 1,
+        "total_time_s": total_s, "parallel_jobs": jobs, "world_size": world_size,
         "backend_info": backend_info(learner),
         **provenance.provenance(device, command, git),
         "config_json": cell.to_json(), "config_hash": cell.config_hash(),

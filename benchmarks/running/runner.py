@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import uuid
@@ -45,7 +46,7 @@ from algorithms.evaluation import evaluate
 from algorithms.libraries import LibraryMissing
 from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, write_result  # noqa: F401 (ROWS_FILE: for callers)
-from benchmarks.running import checkpoints, measure
+from benchmarks.running import checkpoints, distributed, measure
 from benchmarks.running.config import CellConfig
 from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_INTERRUPTED, \
     bind_to_parent, pin_cpus, quiet, show_progress
@@ -116,10 +117,13 @@ def check_divergence(loss: float, state: dict[str, Any], cell: CellConfig, itera
 
 
 def run_training(cells: list[CellConfig], out: Path, deadline: float | None = None, wandb: str = "offline",
-                 command: str = "", git: dict[str, Any] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
+                 command: str = "", git: dict[str, Any] | None = None, jobs: int = 1,
+                 ranks: "distributed.Ranks | None" = None) -> list[dict[str, Any]]:
     """Train once (resuming), evaluate every cell of ``cells`` (one shared training); write and return their rows.
 
     ``git``: ``provenance.git_state`` read once by the caller when the whole run started (read now when None).
+    ``ranks``: this process's place in a data-parallel training (``distributed``); rank 0 alone locks,
+    checkpoints, evaluates and writes rows (the others return []).
     Raises DivergedError (training), or, after writing every other row, the first evaluation's DivergedError.
     """
     trainings = group([c.validate() for c in cells])
@@ -129,11 +133,16 @@ def run_training(cells: list[CellConfig], out: Path, deadline: float | None = No
     training = trainings[0]
     out = Path(out)
     ckpt = checkpoints.checkpoint_path(out, training.first.suite, training.key)
+    if ranks is not None:
+        distributed.check_splittable(training.first, ranks.world)
+        if not ranks.leader:
+            return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks)
     with checkpoints.lock(ckpt.with_suffix(".lock"), f"training {training.name}"):
-        return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs)
+        return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks)
 
 
-def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, command, git, jobs) -> list[dict[str, Any]]:
+def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, command, git, jobs,
+                ranks=None) -> list[dict[str, Any]]:
     started = time.perf_counter()
     first = training.first
     git = git if git is not None else provenance.git_state(exclude=out)
@@ -147,7 +156,12 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
     learner = build_learner(first.learner, model, total_iterations=first.meta_iterations, seed=first.seed)
     code = str(git.get("code_state", git["git_commit"]))
     device_label = provenance.device_name(device)
+    leader = ranks is None or ranks.leader
+    if ranks is not None and not leader:
+        torch.distributed.barrier()  # rank 0 reads first (and moves an unreadable checkpoint aside)
     state = checkpoints.load(ckpt, training.key, code, device_label, training.name)
+    if ranks is not None and leader:
+        torch.distributed.barrier()
     times = measure.StepTimes()
     run: dict[str, Any] = {"losses": [], "evals": {c.cell: {} for c in training.cells},
                            "curve_s": {c.cell: 0.0 for c in training.cells}, "elapsed_s": 0.0,
@@ -165,13 +179,16 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
             run[part].update({k: v for k, v in saved[part].items() if k in run[part]})
 
     def checkpoint() -> None:
+        if not leader:
+            return
         run["elapsed_s"] = elapsed_before + time.perf_counter() - started
         checkpoints.save(ckpt, {"training_key": training.key, "code_state": code, "device": device_label,
                                 "learner": learner.state_dict(), "iteration": learner.iteration,
                                 "step_times": times.seconds, "run": run})
 
     elapsed_before = run["elapsed_s"]
-    trackers = {c.cell: start_tracker(c, wandb, run["wandb"][c.cell]) for c in training.cells}
+    trackers = {c.cell: start_tracker(c, wandb if leader else "disabled", run["wandb"][c.cell]) for c in training.cells}
+    stepper = learner if ranks is None else distributed.DataParallel(learner, ranks)
     if wandb != "online":  # an offline run cannot be resumed: the new one gets the whole curve so far
         for c in training.cells:
             for point in curve_points(run, c.cell):
@@ -180,17 +197,20 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
     bar = tqdm(total=first.meta_iterations, initial=learner.iteration, desc=training.name, unit="it",
                leave=False, position=1, disable=quiet())
     while learner.iteration < first.meta_iterations:
-        if past_deadline(deadline):
+        stop = past_deadline(deadline)
+        if ranks is not None:
+            stop = distributed.agree_to_stop(stop, device)
+        if stop:
             cut_short = True
             break
         batch = train_batch(train_pool, first, learner.iteration)
         if run["reference_loss"] is None:
             run["reference_loss"] = reference_loss(learner.model, batch)
-        metrics = times.time(device, lambda: learner.meta_step(batch))
+        metrics = times.time(device, lambda: stepper.meta_step(batch))
         it = learner.iteration
         run["losses"].append(metrics["loss"])
         check_divergence(metrics["loss"], run, first, it)
-        for c in training.cells:
+        for c in training.cells if leader else ():
             if c.eval_every and it % c.eval_every == 0:
                 t0 = time.perf_counter()
                 res = evaluate(learner.model, eval_pools[c.cell], c.ways, c.shots,
@@ -204,6 +224,8 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
     bar.close()
     if cut_short:
         checkpoint()
+    if not leader:
+        return []  # rank 0 measures, evaluates and writes the rows
 
     # One extra outer update on a copy, on the batch after the last planned one (never a training batch).
     saved_bytes = measure.autograd_saved_bytes(learner, train_batch(train_pool, first, first.meta_iterations))
@@ -226,6 +248,7 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
             eval_s = time.perf_counter() - t0
         peak, kind = measure.peak_memory(device)
         row = make_row(c, learner, training, result, run, times, command, git, device, jobs,
+                       world_size=1 if ranks is None else ranks.world,
                        saved_bytes=saved_bytes, peak=(peak, kind), eval_s=eval_s,
                        total_s=training_s + run["curve_s"][c.cell] + eval_s)
         write_result(out / c.suite, row, curve_points(run, c.cell), result.per_task if result else None)
@@ -280,9 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="trainings the run allows side by side (recorded in rows)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process (the CLI) dies")
     parser.add_argument("--git-json", default=None, help="git_commit/git_dirty read by the caller at the run's start")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one rank of a data-parallel training started by torchrun (benchmarks.running.distributed)")
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         bind_to_parent(args.parent_pid)
+    elif args.distributed:
+        bind_to_parent(os.getppid())  # torchrun's agent: a rank does not outlive it
     try:
         cells = [CellConfig.from_dict(d).validate() for d in json.loads(args.cells_json)]
         if not cells:
@@ -290,15 +317,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, AttributeError) as e:
         print(f"error: bad --cells-json: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    ranks = None
+    if args.distributed:
+        try:
+            ranks = distributed.init(cells[0].device)
+        except distributed.DistributedError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     if args.cpus:
-        pin_cpus(args.cpus)
+        cores = args.cpus.split(",")
+        if ranks is not None:  # each rank its own share of the training's cores
+            per = max(1, args.threads)
+            cores = [cores[(ranks.local_rank * per + k) % len(cores)] for k in range(per)]
+        pin_cpus(",".join(cores))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     git = json.loads(args.git_json) if args.git_json else provenance.git_state(exclude=args.out)
     names = ", ".join(f"{c.suite}/{c.cell}" for c in cells)
     try:
         run_training(cells, Path(args.out), args.deadline, args.wandb, args.command or provenance.command_line(), git,
-                     args.jobs)
+                     args.jobs, ranks)
+        if ranks is not None:
+            torch.distributed.barrier()  # the other ranks wait for rank 0's evaluations and rows
     except DataError as e:
         print(f"error: {names}: data problem, nothing trained:\n{e}", file=sys.stderr)
         return EXIT_DATA
@@ -311,9 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     except checkpoints.TrainingBusy as e:
         print(f"skipped: {e}", file=sys.stderr)
         return EXIT_BUSY
+    except distributed.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
     except KeyboardInterrupt:
         print(f"\ninterrupted: {names} resume from the last checkpoint when the same command is rerun", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if ranks is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
