@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
-.PHONY: setup setup-learn2learn test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
+.PHONY: setup setup-learn2learn peer-official-reptile test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -69,6 +69,12 @@ gpu-prepare: setup
 gpu-import: setup
 	@test -n "$(GPU_FILES)" -a -n "$(CARD)" || { echo "usage: make gpu-import GPU_FILES=<folder of the device call's files> CARD=h100 [FORCE=1]" >&2; exit 2; }
 	$(PY) -m benchmarks.gpu.bundle import --files "$(GPU_FILES)" --card "$(CARD)" $(if $(FORCE),--force)
+
+# The authors' TensorFlow Reptile timed beside ours (its own environment, made on first use; never CI).
+peer-official-reptile: setup
+	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
+	$(PY) -m benchmarks.peers.official_reptile --checkout "$(REPTILE_CHECKOUT)"
+	$(PY) -m benchmarks.reporting.readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -54,3 +54,22 @@ def test_exact_mode_is_bit_identical_to_torch_adam_in_float32_on_flat_and_split_
             opt.step()
             state.step_([flat], [torch.cat(grads)])
         assert torch.equal(flat, torch.cat([p.detach() for p in ref])), trial
+
+
+def test_the_inner_optimiser_of_reptile_and_the_evaluator_is_bit_identical_to_torch_adams_default():
+    """make_inner_optimizer asks for foreach=True (faster on CPU); it must not change a single bit."""
+    from algorithms.reptile import make_inner_optimizer
+
+    g = torch.Generator().manual_seed(1)
+    shapes = [(64, 1, 3, 3), (64,), (64, 64, 3, 3), (5, 256), (5,)]
+    a = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+    b = [p.detach().clone().requires_grad_() for p in a]
+    ours, default = make_inner_optimizer(a, "adam", 1e-3, 0.0), torch.optim.Adam(b, lr=1e-3, betas=(0.0, 0.999))
+    for _ in range(25):
+        scale = 10 ** float(torch.empty(1).uniform_(-7, 0, generator=g))
+        for x, y in zip(a, b):
+            grad = torch.randn(x.shape, generator=g) * scale
+            x.grad, y.grad = grad.clone(), grad.clone()
+        ours.step()
+        default.step()
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

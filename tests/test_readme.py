@@ -92,12 +92,18 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
-    assert "| reptile | reference | 150 ms | ×1.50 | — | thread CPU time | cpu: Test CPU (1 thread) |" in text
+    assert "| reptile | reference | 150 ms | ×1.50 | — | — | thread CPU time | cpu: Test CPU (1 thread) |" in text
     assert "| reptile | batched | 125 ms | ×1.25 | ×1.20 |" in text  # 150 / 125 faster than the reference
     assert "wrong second derivatives" not in text  # the vmap footnote only comes with a vmap row
     assert "floor (loop)" not in text  # the floor is the denominator, not a row
     assert "| 5 | 40.0 MiB | 10.0 MiB | 40.0 MiB | ×0.25 | cpu: Test CPU (1 thread) |" in text
     assert "torch.compile" not in text  # no compile pass in this report, no compile table
+    # With the authors' code measured, Reptile rows get its time as an anchor.
+    (results / "peers").mkdir()
+    (results / "peers" / "official_reptile.json").write_text(json.dumps({"median_s": {"official/1": 0.100}}))
+    text = "\n".join(limits_lines(results / "limits", tmp_path / "README.md"))
+    assert "| reptile | reference | 150 ms | ×1.50 | — | ×1.50 | thread CPU time |" in text
+    assert "| reptile | batched | 125 ms | ×1.25 | ×1.20 | ×1.25 |" in text
     report["compile"] = {"reptile": {"batched": {"median": 0.125, "min": 0.12}, "batched+compile": {"median": 0.1, "min": 0.1}},
                          "fomaml-1": {"batched": {"median": 0.2, "min": 0.2}}}  # its compilation failed
     (results / "limits" / "cpu.json").write_text(json.dumps(report))

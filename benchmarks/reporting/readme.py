@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.records.collect import load_rows
-from benchmarks.reporting import implementations
+from benchmarks.reporting import against_official, implementations
 from benchmarks.reporting.table_format import write_text_atomic
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -75,6 +75,7 @@ def perf_lines(perf_dir: Path, readme: Path) -> list[str]:
 def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     """Meta-step time over its forward/backward floor, from ``limits_dir/*.json`` (``python -m benchmarks.perf.limits --json``)."""
     lines, mem, comp = [], [], []
+    official = against_official.official_median(limits_dir.parent)
     for path in sorted(limits_dir.glob("*.json")):
         try:
             data = json.loads(path.read_text())
@@ -91,7 +92,10 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
                 sampling = name.startswith("sampling")
                 ratio = "—" if sampling else f"×{t['median'] / floor:.2f}"
                 vs_ref = "—" if sampling or name == "reference" else f"×{ref / t['median']:.2f}"
-                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {clock} | {device} | {_link(path, readme)} |")
+                vs_tf = (f"×{t['median'] / official:.2f}" if official and setting == "reptile" and not sampling
+                         and device.endswith("(1 thread)") else "—")
+                lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {vs_tf} | {clock} "
+                             f"| {device} | {_link(path, readme)} |")
         for setting, med in (data.get("compile") or {}).items():
             gain = f"×{med['batched']['median'] / med['batched+compile']['median']:.2f}" if "batched+compile" in med else "failed"
             compiled = _duration(med["batched+compile"]["median"]) if "batched+compile" in med else "—"
@@ -103,7 +107,11 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
     if not lines:
         return []
     out = ["| Setting | Implementation | Median per meta-step | ÷ floor (bare forward/backward, task by task) "
-           "| speed-up over reference | Clock | Device | File |", "|---|---|---|---|---|---|---|---|", *lines]
+           "| speed-up over reference | ÷ authors' TF code (1 thread) | Clock | Device | File |",
+           "|---|---|---|---|---|---|---|---|---|", *lines]
+    if official:
+        out += ["", "÷ authors' TF code: against the median meta-iteration of openai/supervised-reptile measured by "
+                "`make peer-official-reptile` (which includes task sampling; these rows do not), Reptile only."]
     if any("*" in line.split("|")[2] for line in lines):
         out += ["", "\\* torch.func with `vmap` over tasks gives wrong second derivatives through batch norm "
                 "(`tests/test_func_maml.py`); it is timed only to show what vmap would buy."]
@@ -186,6 +194,14 @@ def build_section(readme: Path, results_dir: Path) -> str:
     limits = limits_lines(results_dir / "limits", readme)
     if limits:
         out += ["#### Distance to the hardware floor (`python -m benchmarks.perf.limits`; `make perf`)", "", *limits, ""]
+    link = lambda p: _link(p, readme)  # noqa: E731
+    peers = against_official.peer_lines(results_dir, link)
+    if peers:
+        out += ["#### Against the authors' code (`make peer-official-reptile`)", "", *peers, ""]
+    profile = against_official.profile_lines(results_dir, link)
+    if profile:
+        out += ["#### Where a Reptile meta-step's time goes (`python -m benchmarks.perf.profile_reptile`; `make perf`)",
+                "", *profile, ""]
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]

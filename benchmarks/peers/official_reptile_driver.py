@@ -1,0 +1,62 @@
+"""Time the official Reptile (openai/supervised-reptile) meta-iterations; run INSIDE the peer TensorFlow env.
+
+    <peer-venv>/bin/python official_reptile_driver.py --checkout PATCHED --data TRAIN_DIR --threads 1 --iters 60
+
+Standalone on purpose (the peer environment has TensorFlow, not torch or this project): it imports the
+patched official modules, builds their ``OmniglotModel`` (Adam, beta1 = 0) and ``Reptile`` session exactly
+as ``run_omniglot.py`` does, reads the training characters with their ``read_dataset`` + ``augment_dataset``,
+and times ``Reptile.train_step`` (task sampling included, as the official loop runs it) at the paper's
+Omniglot 5-way settings. Prints one JSON object: per-iteration wall and process-CPU seconds.
+"""
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import time
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkout", required=True, help="the patched copy of supervised-reptile")
+    ap.add_argument("--data", required=True, help="folder of alphabet/character/*.png (the training characters)")
+    ap.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: its default)")
+    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
+    sys.path.insert(0, args.checkout)
+    import tensorflow.compat.v1 as tf  # noqa: E402
+
+    tf.disable_v2_behavior()
+    from supervised_reptile.models import OmniglotModel  # noqa: E402
+    from supervised_reptile.omniglot import augment_dataset, read_dataset  # noqa: E402
+    from supervised_reptile.reptile import Reptile  # noqa: E402
+
+    random.seed(args.seed)
+    tf.set_random_seed(args.seed)
+    train_set = list(augment_dataset(read_dataset(args.data)))
+    model = OmniglotModel(5, learning_rate=0.001)
+    config = tf.ConfigProto(intra_op_parallelism_threads=args.threads, inter_op_parallelism_threads=args.threads)
+    wall, cpu = [], []
+    with tf.Session(config=config) as sess:
+        reptile = Reptile(sess, transductive=False)
+        sess.run(tf.global_variables_initializer())
+        for i in range(args.warmup + args.iters):
+            w0, c0 = time.perf_counter(), time.process_time()
+            # The paper's Omniglot 5-way values (--inner-batch 10 --inner-iters 5 --meta-batch 5 --train-shots 10).
+            reptile.train_step(train_set, model.input_ph, model.label_ph, model.minimize_op, num_classes=5,
+                               num_shots=10, inner_batch_size=10, inner_iters=5, replacement=False,
+                               meta_step_size=1.0 - i / 100000, meta_batch_size=5)
+            if i >= args.warmup:
+                wall.append(time.perf_counter() - w0)
+                cpu.append(time.process_time() - c0)
+    print(json.dumps({"implementation": "official", "tensorflow": tf.__version__, "threads": args.threads,
+                      "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+if __name__ == "__main__":
+    main()

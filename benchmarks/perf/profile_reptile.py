@@ -1,0 +1,107 @@
+"""Where the time of one Reptile meta-step goes, at 1 thread: a torch.profiler breakdown by kind of work.
+
+    python -m benchmarks.perf.profile_reptile [--steps 5] [--json results/profile/reptile_cpu.json]
+
+The default suite's Reptile (reference backend, inner Adam kept across tasks): Omniglot-small 5-way,
+10 shots, meta-batch 5, 5 inner Adam steps (lr 0.001, beta1 0) on minibatches of 10. The profiler's self
+CPU time of every op is summed into kinds: convolution forward / backward, batch norm forward / backward,
+ReLU, the linear head and loss, the inner Adam (everything under ``Optimizer.step``), copies and
+indexing, other ops. The profiler adds a few microseconds to every op, which inflates the kinds made
+of many small ops (the inner Adam: about a hundred elementwise ops per inner step); so the same steps
+are also timed unprofiled, and both totals are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from algorithms import MetaConfig, build_learner, build_model
+from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
+from datasets.archive import atomic_write
+
+KINDS = [  # (kind, op names it covers); first match wins
+    ("convolution backward", ("aten::convolution_backward",)),
+    ("convolution forward", ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
+                             "aten::_slow_conv2d_forward", "aten::thnn_conv2d")),
+    ("batch norm backward", ("aten::native_batch_norm_backward",)),
+    ("batch norm forward", ("aten::native_batch_norm", "aten::batch_norm", "aten::_batch_norm_impl_index")),
+    ("ReLU", ("aten::relu", "aten::clamp_min", "aten::threshold_backward")),
+    ("linear head and loss", ("aten::addmm", "aten::mm", "aten::linear", "aten::_log_softmax", "aten::nll_loss",
+                              "aten::_log_softmax_backward_data", "aten::nll_loss_backward", "aten::nll_loss_forward",
+                              "aten::log_softmax", "aten::cross_entropy_loss", "aten::t", "aten::sum")),
+    ("copies and indexing", ("aten::copy_", "aten::index", "aten::clone", "aten::_to_copy", "aten::to",
+                             "aten::empty", "aten::empty_strided", "aten::zeros_like", "aten::zero_")),
+]
+
+
+def setup():
+    from datasets import load_pool
+
+    torch.set_num_threads(1)
+    pool = load_pool("omniglot", "small", "train")
+    torch.manual_seed(0)
+    config = MetaConfig(algorithm="reptile", inner_steps=5, inner_lr=0.001, inner_optimizer="adam", adam_beta1=0.0,
+                        inner_batch=10, meta_lr=1.0, persist_inner_state=True)
+    learner = build_learner(config, build_model("omniglot", 5), 100_000)
+    batches = [pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)) for i in range(64)]
+    return learner, batches
+
+
+def breakdown(steps: int) -> dict:
+    learner, batches = setup()
+    for b in batches[:5]:
+        learner.meta_step(b)
+    t0 = time.thread_time()
+    for b in batches[5:5 + 4 * steps]:
+        learner.meta_step(b)
+    per_step = (time.thread_time() - t0) / (4 * steps)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches[5 + 4 * steps:5 + 5 * steps]:
+            learner.meta_step(b)
+    events = prof.key_averages()
+    adam = sum(e.cpu_time_total for e in events if e.key.startswith("Optimizer.step")) / steps / 1e6
+    self_time = {e.key: e.self_cpu_time_total / steps / 1e6 for e in events
+                 if not e.key.startswith(("Optimizer.", "autograd::", "torch::autograd"))}
+    optimizer_ops = {"aten::lerp_", "aten::mul_", "aten::addcmul_", "aten::sqrt", "aten::div", "aten::add_",
+                     "aten::addcdiv_", "aten::_foreach_lerp_", "aten::_foreach_mul_", "aten::_foreach_addcmul_",
+                     "aten::_foreach_sqrt", "aten::_foreach_div_", "aten::_foreach_add_", "aten::_foreach_addcdiv_",
+                     "aten::_foreach_div", "aten::_foreach_add", "aten::_foreach_mul"}
+    kinds = {kind: 0.0 for kind, _ in KINDS}
+    kinds["inner Adam"] = adam
+    other = 0.0
+    for name, t in self_time.items():
+        for kind, names in KINDS:
+            if name in names:
+                kinds[kind] += t
+                break
+        else:
+            if name not in optimizer_ops:
+                other += t
+    kinds["other ops"] = other
+    return {"step_s": per_step, "profiled_step_s": sum(kinds.values()), "kinds_s": kinds}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="profiled meta-steps (4x as many timed unprofiled)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    result = breakdown(args.steps)
+    report = {"device": device_name("cpu", 1), "torch": torch.__version__, "command": command_line(),
+              "clock": "thread CPU time", **git_state(exclude=REPO_ROOT / "results"), **result}
+    print(f"Reptile meta-step, 1 thread: {result['step_s'] * 1e3:.1f} ms unprofiled, "
+          f"{result['profiled_step_s'] * 1e3:.1f} ms of op time under the profiler")
+    for kind, t in sorted(result["kinds_s"].items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<24} {t * 1e3:6.1f} ms  {100 * t / result['profiled_step_s']:5.1f}%")
+    if args.json:
+        with atomic_write(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""README tables about the authors' code: same-round times against openai/supervised-reptile, and where one
+Reptile meta-step's time goes. Pure functions of ``results/peers/official_reptile.json``
+(``benchmarks.peers.official_reptile``) and ``results/profile/reptile_cpu.json`` (``benchmarks.perf.profile_reptile``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, reference", "batched": "this project, batched"}
+
+
+def _load(path: Path):
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); regenerate it") from e
+
+
+def official_median(results_dir: Path, threads: str = "1") -> float | None:
+    """The authors' code's median time per meta-iteration (the limit benchmark's anchor), if measured."""
+    data = _load(results_dir / "peers" / "official_reptile.json")
+    return None if data is None else data["median_s"].get(f"official/{threads}")
+
+
+def peer_lines(results_dir: Path, link) -> list[str]:
+    path = results_dir / "peers" / "official_reptile.json"
+    data = _load(path)
+    if data is None:
+        return []
+    keys = list(data["median_s"])
+    header = ["Round"] + [f"{LABELS[k.split('/')[0]]}, {'1 thread' if k.endswith('/1') else 'default threads'}"
+                          for k in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(data["rounds"], 1):
+        cells = []
+        for k in keys:
+            t = r["median_s"][k] * 1e3
+            ratio = r["ratio_to_official"].get(k)
+            cells.append(f"{t:.0f} ms" + (f" (×{ratio:.2f})" if ratio is not None else ""))
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
+            f"meta-batch 5, task sampling included; medians of {data['iters']} iterations after {data['warmup']}; "
+            f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; × = ratio to the authors' code "
+            f"in the same round; {link(path)}):", "", *lines]
+
+
+def profile_lines(results_dir: Path, link) -> list[str]:
+    path = results_dir / "profile" / "reptile_cpu.json"
+    data = _load(path)
+    if data is None:
+        return []
+    total = data["profiled_step_s"]
+    rows = [f"| {kind} | {t * 1e3:.1f} ms | {100 * t / total:.0f}% |"
+            for kind, t in sorted(data["kinds_s"].items(), key=lambda kv: -kv[1])]
+    official = official_median(results_dir)
+    anchor = (f" The authors' TensorFlow code takes {official * 1e3:.0f} ms per meta-iteration (sampling included, "
+              "`results/peers/official_reptile.json`)." if official else "")
+    return [f"One Reptile meta-step of the default suite (reference backend, 1 thread, {data['device']}): "
+            f"{data['step_s'] * 1e3:.1f} ms unprofiled; under torch.profiler the ops take {total * 1e3:.1f} ms "
+            f"(the profiler's per-op overhead inflates kinds of many small ops, the inner Adam most).{anchor} "
+            f"{link(path)}", "", "| Kind of work | Self CPU time (profiled) | Share |", "|---|---|---|", *rows]

@@ -1,0 +1,98 @@
+"""The official-Reptile peer without TensorFlow: the checkout check, the patch, the data layout, the parsing
+of a timing run's output, the rows it writes, and its refusals (no TensorFlow in CI: small fakes stand in).
+
+    .venv/bin/python -m pytest -q tests/test_peer_official.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from benchmarks.peers import official_reptile as peer
+from benchmarks.records.rows import check_row
+
+
+def fake_checkout(root):
+    for f in peer.FILES:
+        path = root / f
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tf = "import tensorflow as tf\n" if any(f == p for p, _, _ in peer.PATCH) else ""
+        path.write_text(f'"""{f}"""\n\nimport random\n{tf}\ndef main():\n    pass\n')
+    return root
+
+
+def test_a_checkout_of_the_official_code_is_patched_in_a_copy(tmp_path):
+    checkout = fake_checkout(tmp_path / "supervised-reptile")
+    before = {f: (checkout / f).read_text() for f in peer.FILES}
+    peer.check_checkout(checkout)
+    code = peer.patch_copy(checkout, tmp_path / "work")
+    assert {f: (checkout / f).read_text() for f in peer.FILES} == before  # the user's clone is untouched
+    run = (code / "run_omniglot.py").read_text().splitlines()
+    assert "import tensorflow.compat.v1 as tf" in run and run[run.index("import tensorflow.compat.v1 as tf") + 1] == \
+        "tf.disable_v2_behavior()"
+    models = (code / "supervised_reptile" / "models.py").read_text()
+    assert "import tensorflow.compat.v1 as tf" in models and "import tensorflow as tf" not in models
+
+
+def test_no_checkout_or_a_checkout_of_something_else_is_refused_by_name(tmp_path):
+    with pytest.raises(peer.PeerError, match="no checkout at .*git clone https://github.com/openai/supervised-reptile"):
+        peer.check_checkout(tmp_path / "nothing")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "README.md").write_text("something else")
+    with pytest.raises(peer.PeerError, match="is not a checkout of openai/supervised-reptile: run_omniglot.py"):
+        peer.check_checkout(tmp_path / "other")
+    checkout = fake_checkout(tmp_path / "changed")
+    (checkout / "supervised_reptile" / "models.py").write_text("import tensorflow.compat.v2 as tf\n")
+    with pytest.raises(peer.PeerError, match="lacks the line 'import tensorflow as tf'"):
+        peer.check_checkout(checkout)
+
+
+def test_the_small_split_is_laid_out_as_the_official_reader_expects(omniglot_root, tmp_path):
+    counts = peer.lay_out_small_split(omniglot_root, tmp_path / "omniglot")
+    assert counts == {"train": 136, "test": 106}
+    train = tmp_path / "omniglot" / "train"
+    alphabets = sorted(p.name for p in train.iterdir())
+    assert alphabets == ["Alphabet_of_the_Magi", "Anglo-Saxon_Futhorc", "Cyrillic", "Greek", "Latin"] or len(alphabets) == 5
+    chars = [c for a in train.iterdir() for c in a.iterdir()]
+    assert len(chars) == 136 and all(c.name.startswith("character") and len(list(c.glob("*.png"))) == 20 for c in chars)
+    test_alphabets = {p.name for p in (tmp_path / "omniglot" / "test").iterdir()}
+    assert not test_alphabets & set(alphabets)  # unseen alphabets only
+
+
+def test_a_timing_runs_output_is_parsed_and_bad_output_is_refused():
+    out = "2026 tensorflow chatter\n" + json.dumps({"implementation": "official", "threads": 1, "wall_s": [0.1, 0.2],
+                                                    "cpu_s": [0.1, 0.15], "peak_rss_bytes": 1}) + "\n"
+    assert peer.parse(out)["cpu_s"] == [0.1, 0.15]
+    with pytest.raises(peer.PeerError, match="printed no result"):
+        peer.parse("Traceback: boom\n")
+    with pytest.raises(peer.PeerError, match="no per-iteration times"):
+        peer.parse(json.dumps({"wall_s": []}))
+
+
+def test_rounds_become_same_round_ratios_and_schema_rows():
+    def run(med, threads):
+        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
+
+    rounds = [{f"{w}/{t}": run(m, t) for (w, t), m in zip(peer.CONTENDERS, (0.10, 0.12, 0.09, 0.08, 0.06, 0.05))}]
+    (report,) = peer.rounds_report(rounds)
+    assert report["ratio_to_official"]["reference/1"] == pytest.approx(1.2)
+    assert report["ratio_to_official"]["batched/0"] == pytest.approx(0.625)
+    full = {"iters": 3, "rounds": [report], "median_s": report["median_s"],
+            "peak_rss_bytes": {k: 10 ** 8 for k in report["median_s"]},
+            "versions": {"official": "tensorflow 2.21.0", "reference": "torch", "batched": "torch"}}
+    rows = peer.rows_for(full, {"git_commit": "a" * 40, "git_dirty": False}, "test")
+    assert len(rows) == 6 and all(check_row(r) is None for r in rows)
+    assert {r["backend"] for r in rows} == {"official-tf", "reference", "batched"}
+
+
+def test_tensorflow_that_does_not_import_is_a_clear_message(tmp_path):
+    with pytest.raises(peer.PeerError, match="TensorFlow does not import with"):
+        peer.peer_python(tmp_path / "env", sys.executable)  # this project's interpreter: no TensorFlow
+
+
+def test_the_cli_exits_2_with_the_message(tmp_path, capsys):
+    assert peer.main(["--checkout", str(tmp_path / "nothing"), "--out", str(tmp_path / "results")]) == 2
+    assert "no checkout at" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
