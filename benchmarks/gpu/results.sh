@@ -65,12 +65,18 @@ prepare() {
   mkdir -p .whl .gpu-data/omniglot
   # A folder that ignores itself: git status stays clean (rows' git_dirty) even where .gitignore lacks it.
   [[ -f .gpu-data/.gitignore ]] || printf '# written by make gpu-prepare: carried to the device, never committed\n*\n' > .gpu-data/.gitignore
-  if compgen -G '.whl/higher-0.2.1-*.whl' >/dev/null; then
-    echo "have $(ls .whl/higher-0.2.1-*.whl)"
-  else
-    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl higher==0.2.1
-  fi
+  # higher, and TorchOpt with what it imports (its backend is timed there too); learn2learn is not carried
+  # (it needs a build: the GPU run skips it and says so).
+  for spec in higher==0.2.1 torchopt==0.7.3 optree graphviz submitit; do
+    name=${spec%%==*}
+    if compgen -G ".whl/${name}-*.whl" >/dev/null; then
+      echo "have $(ls .whl/${name}-*.whl)"
+    else
+      "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d .whl "$spec"
+    fi
+  done
   for z in "${SMALL_ZIPS[@]}"; do
     if [[ ! -f "$src/$z" ]]; then
       echo "error: $src/$z not found; set OMNIGLOT_ROOT to the folder holding the two Omniglot small zips" >&2
