@@ -33,13 +33,14 @@ test: setup
 perf: setup
 	mkdir -p results/perf
 	$(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
-	mkdir -p results/limits results/eval results/backends results/distributed
+	mkdir -p results/limits results/eval results/backends results/distributed results/profile
 	$(PY) -m benchmarks.perf.limits --compile --json results/limits/cpu.json
 	$(PY) -m benchmarks.perf.limits --only maml-5 maml-1 --no-memory --threads $(CPU_THREADS) --json results/limits/cpu_all_threads.json
 	$(PY) -m benchmarks.perf.eval_throughput --json results/eval/throughput_cpu.json
 	$(PY) -m benchmarks.perf.eval_throughput --agreement --json results/eval/agreement_cpu.json
 	$(PY) -m benchmarks.perf.backend_check --json results/backends/correctness.json
 	$(PY) -m benchmarks.perf.data_parallel --json results/distributed/cpu.json
+	$(PY) -m benchmarks.perf.profile_reptile --json results/profile/reptile_cpu.json
 	$(PY) -m benchmarks.reporting.readme
 
 # --jobs auto: one training per core, each pinned to its own core (results identical to --jobs 1; the

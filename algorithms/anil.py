@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, check_finite, check_output_size, register, task_loss
+from .base import MetaConfig, check_output_size, checked_metrics, register, task_loss
 from .maml import MAML
 
 
@@ -94,11 +94,8 @@ class ANIL(MAML):
                 self.body(x_s).backward(f_s.grad)  # the body's share through the adapted head
             q_losses.append(q_loss.detach())
             s_losses.append(first)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        mean_loss = torch.stack(q_losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return [g.clone() for g in grads], {"loss": mean_loss.item(), "support_loss": torch.stack(s_losses).mean().item()}
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return grads, checked_metrics(self, grads, q_losses, support_loss=s_losses)
 
 
 @register("anil")

@@ -145,6 +145,19 @@ def check_finite(loss: float, iteration: int, config: MetaConfig) -> None:
         )
 
 
+def _mean(values) -> Tensor:
+    return torch.cat([torch.as_tensor(v).reshape(-1) for v in values]).mean()
+
+
+def checked_metrics(learner: "MetaLearner", grads: list[Tensor], losses, **means) -> dict[str, float]:
+    """The metrics of a meta-gradient (``loss``: the mean of ``losses``; each of ``means`` averaged too), after one
+    host sync that raises DivergedError when the loss or any gradient is not finite (a NaN poisons the mean)."""
+    loss = _mean(losses)
+    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
+    check_finite(loss.item() if bool(finite) else float("nan"), learner.iteration, learner.config)
+    return {"loss": loss.item(), **{k: _mean(v).item() for k, v in means.items()}}
+
+
 class MetaLearner(ABC):
     """Base class: holds the meta-parameters (``self.model``) and the iteration counter."""
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, check_finite, register, task_loss
+from .base import MetaConfig, checked_metrics, register, task_loss
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .maml import MAML
 from .minibatch import cycle_minibatches
@@ -98,14 +98,6 @@ def chunks(net: TaskNet, T: int, device: torch.device, size: int | None = None) 
     loop = net.mode_for(device) == "loop"
     size = size or (1 if loop else T)
     return [Chunk(net, i, min(i + size, T), single=loop and size == 1) for i in range(0, T, size)]
-
-
-def _finite_or_raise(loss: Tensor, grads: list[Tensor], learner) -> float:
-    # One host sync per meta-batch, as in the reference backend.
-    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-    value = loss.item()
-    check_finite(value if bool(finite) else float("nan"), learner.iteration, learner.config)
-    return value
 
 
 def _batched_info(net: TaskNet, model: nn.Module) -> str:
@@ -154,7 +146,7 @@ class BatchedReptile(Reptile):
                 losses.append(task_losses.detach())
             torch._foreach_add_(total, chunk.task_sum(fast))
         grads = [t - s / T for t, s in zip(theta, total)]
-        return grads, {"loss": _finite_or_raise(torch.cat(losses).mean(), grads, self)}
+        return grads, checked_metrics(self, grads, losses)
 
 
 class BatchedMAML(MAML):
@@ -191,8 +183,7 @@ class BatchedMAML(MAML):
         torch._foreach_div_(grads, T)
         for p, g in zip(params, grads):
             p.grad = g
-        loss = _finite_or_raise(torch.cat(q_losses).mean(), grads, self)
-        return [g.clone() for g in grads], {"loss": loss, "support_loss": torch.cat(s_losses).mean().item()}
+        return [g.clone() for g in grads], checked_metrics(self, grads, q_losses, support_loss=s_losses)
 
     # Each returns (per-task outer gradients of this chunk, per-task query losses, per-task first support losses).
 

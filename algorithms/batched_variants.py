@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from datasets.tasks import TaskBatch
 
 from .anil import ANIL, split_head
-from .base import MetaConfig, check_finite, register
+from .base import MetaConfig, checked_metrics, register
 from .batched import Chunk, _batched_info, chunks
 from .cg import conjugate_gradient
 from .functional import TaskNet
@@ -86,11 +86,7 @@ class BatchedIMAML(IMAML):
             residuals.append(residual.detach())
         for p, g in zip(params, grads):
             p.grad = g.clone()
-        loss = torch.cat(q_losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return grads, {"loss": loss.item(), "support_loss": torch.cat(s_losses).mean().item(),
-                       "cg_residual": torch.cat(residuals).mean().item()}
+        return grads, checked_metrics(self, grads, q_losses, support_loss=s_losses, cg_residual=residuals)
 
 
 class BatchedANIL(ANIL):
@@ -138,11 +134,8 @@ class BatchedANIL(ANIL):
                 self.body_net(TaskNet.stack(body_p, n), xs[sl]).backward(f_s.grad)
             q_losses.append(q.detach())
             s_losses.append(first)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        loss = torch.cat(q_losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return [g.clone() for g in grads], {"loss": loss.item(), "support_loss": torch.cat(s_losses).mean().item()}
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return grads, checked_metrics(self, grads, q_losses, support_loss=s_losses)
 
 
 @register("imaml", backend="batched")

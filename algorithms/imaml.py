@@ -37,7 +37,7 @@ from torch import Tensor
 
 from datasets.tasks import TaskBatch
 
-from .base import check_finite, check_output_size, register, task_loss
+from .base import check_output_size, checked_metrics, register, task_loss
 from .cg import conjugate_gradient
 from .maml import MAML
 
@@ -100,9 +100,5 @@ class IMAML(MAML):
             residuals.append(r)
         for p, g in zip(params, grads):
             p.grad = g.clone()
-        mean_loss = torch.stack(q_losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return grads, {"loss": mean_loss.item(), "support_loss": torch.stack(s_losses).mean().item(),
-                       "cg_residual": torch.stack(residuals).mean().item()}
+        return grads, checked_metrics(self, grads, q_losses, support_loss=s_losses, cg_residual=residuals)
 

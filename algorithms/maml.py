@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, MetaLearner, check_finite, check_output_size, register, task_loss
+from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register, task_loss
 
 
 class MAML(MetaLearner):
@@ -93,11 +93,8 @@ class MAML(MetaLearner):
             (q_loss / T).backward()  # frees this task's graph before the next task is built
             query_losses.append(q_loss.detach())
             support_losses.append(s_loss)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        mean_loss = torch.stack(query_losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return [g.clone() for g in grads], {"loss": mean_loss.item(), "support_loss": torch.stack(support_losses).mean().item()}
+        grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        return grads, checked_metrics(self, grads, query_losses, support_loss=support_losses)
 
     def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
         """The outer Adam step on ``grads`` (each learner's ``meta_gradient`` already leaves them in ``.grad``;

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, MetaLearner, check_finite, check_output_size, register, task_loss
+from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register, task_loss
 from .minibatch import cycle_minibatches
 
 
@@ -90,11 +90,7 @@ class Reptile(MetaLearner):
                     p.copy_(t)
         self.inner_optimizer.zero_grad(set_to_none=True)
         grads = [-m / len(batch) for m in moved]
-        # One host sync per meta-batch: a non-finite loss or update poisons the mean.
-        mean_loss = torch.stack(losses).mean()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(mean_loss.item() if bool(finite) else float("nan"), self.iteration, c)
-        return grads, {"loss": mean_loss.item()}
+        return grads, checked_metrics(self, grads, losses)
 
     def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
         eps = self.epsilon()

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from datasets.tasks import TaskBatch
 
-from ..base import check_finite
+from ..base import checked_metrics
 
 
 class LibraryMissing(ImportError):
@@ -35,8 +35,5 @@ def accumulate(learner, batch: TaskBatch, task_query_loss: Callable[[int], tuple
         (q / T).backward()
         q_losses.append(q.detach())
         s_losses.append(s.detach())
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    mean = torch.stack(q_losses).mean()
-    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-    check_finite(mean.item() if bool(finite) else float("nan"), learner.iteration, learner.config)
-    return [g.clone() for g in grads], {"loss": mean.item(), "support_loss": torch.stack(s_losses).mean().item()}
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    return grads, checked_metrics(learner, grads, q_losses, support_loss=s_losses)

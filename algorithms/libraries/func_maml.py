@@ -24,7 +24,7 @@ from torch.func import functional_call, grad, vmap
 
 from datasets.tasks import TaskBatch
 
-from ..base import MetaConfig, check_finite, register, task_loss
+from ..base import MetaConfig, checked_metrics, register, task_loss
 from ..maml import MAML
 
 VMAP_BN_ERROR = (
@@ -79,9 +79,7 @@ class FuncMAML(MAML):
                                          self.vmap_tasks, self.config.first_order)
         for p, g in zip(self.model.parameters(), grads):
             p.grad = g.clone()
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all()
-        check_finite(loss.item() if bool(finite) else float("nan"), self.iteration, self.config)
-        return grads, {"loss": loss.item()}
+        return grads, checked_metrics(self, grads, [loss])
 
 
 for _name, _first in (("maml", False), ("fomaml", True)):
