@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from datasets.tasks import TaskBatch
 
 from .base import MetaConfig, check_output_size, checked_metrics, register, task_loss
-from .maml import MAML
+from .maml import HIGHER_VERSION, MAML
 
 
 def split_head(model: nn.Module, head_modules: int) -> tuple[nn.Sequential, nn.Sequential]:
@@ -57,7 +57,7 @@ class ANIL(MAML):
         self.body, self.head = split_head(model, config.head_modules)
 
     def backend_info(self) -> str:
-        return (f"higher {getattr(higher, '__version__', '?')} on the head "
+        return (f"higher {HIGHER_VERSION} on the head "
                 f"({', '.join(type(m).__name__ for m in self.head)}), torch {torch.__version__}")
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:

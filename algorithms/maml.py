@@ -27,6 +27,7 @@ task's graph is alive at a time.
 from __future__ import annotations
 
 from dataclasses import replace
+from importlib.metadata import version
 from typing import Any
 
 import higher
@@ -36,6 +37,8 @@ from torch import Tensor, nn
 from datasets.tasks import TaskBatch
 
 from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register, task_loss
+
+HIGHER_VERSION = version("higher")  # the package has no __version__
 
 
 class MAML(MetaLearner):
@@ -51,7 +54,7 @@ class MAML(MetaLearner):
         return super()._like_model(batch)
 
     def backend_info(self) -> str:
-        return f"higher {getattr(higher, '__version__', '?')}, torch {torch.__version__}"
+        return f"higher {HIGHER_VERSION}, torch {torch.__version__}"
 
     def adapted_query_loss(self, fmodel, x_s: Tensor, y_s: Tensor, x_q: Tensor, y_q: Tensor, check: bool = False) -> tuple[Tensor, Tensor]:
         """Query loss after the inner SGD loop, differentiable w.r.t. ``self.model``'s parameters.

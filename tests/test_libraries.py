@@ -81,11 +81,13 @@ def test_torch_func_vmap_agrees_with_the_loop_without_batch_norm():
     assert ((flat(loop) - flat(vmapped)).norm() / flat(loop).norm()).item() < 1e-12
 
 
-@pytest.mark.parametrize("backend, words", [("learn2learn", "learn2learn 0.2.0"), ("torchopt", "torchopt 0.7.3"),
-                                             ("torch.func", "task loop")])
-def test_rows_say_which_library_and_mode_ran(backend, words):
-    needs(backend)
-    learner = build_learner(MetaConfig(algorithm="maml", backend=backend), build_model("omniglot", 5), 10)
+@pytest.mark.parametrize("algorithm, backend, words", [
+    ("maml", "learn2learn", "learn2learn 0.2.0"), ("maml", "torchopt", "torchopt 0.7.3"), ("maml", "torch.func", "task loop"),
+    ("maml", "reference", "higher 0.2."), ("anil", "reference", "higher 0.2.")])  # higher has no __version__ attribute
+def test_rows_say_which_library_and_mode_ran(algorithm, backend, words):
+    if backend != "reference":
+        needs(backend)
+    learner = build_learner(MetaConfig(algorithm=algorithm, backend=backend), build_model("omniglot", 5), 10)
     info = learner.backend_info()
     assert words in info
     if backend == "torchopt":
