@@ -38,7 +38,8 @@ KINDS = [  # (kind, op names it covers); first match wins
 ]
 
 
-def setup():
+def setup(num_batches: int = 64):
+    """The default suite's Reptile learner (seed 0) and ``num_batches`` meta-batches of its tasks."""
     from datasets import load_pool
 
     torch.set_num_threads(1)
@@ -47,7 +48,7 @@ def setup():
     config = MetaConfig(algorithm="reptile", inner_steps=5, inner_lr=0.001, inner_optimizer="adam", adam_beta1=0.0,
                         inner_batch=10, meta_lr=1.0, persist_inner_state=True)
     learner = build_learner(config, build_model("omniglot", 5), 100_000)
-    batches = [pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)) for i in range(64)]
+    batches = [pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)) for i in range(num_batches)]
     return learner, batches
 
 

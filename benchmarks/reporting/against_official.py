@@ -1,6 +1,7 @@
 """README tables about the authors' code: same-round times against openai/supervised-reptile, and where one
-Reptile meta-step's time goes. Pure functions of ``results/peers/official_reptile.json``
-(``benchmarks.peers.official_reptile``) and ``results/profile/reptile_cpu.json`` (``benchmarks.perf.profile_reptile``).
+Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
+``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
+(``benchmarks.perf.profile_reptile``) and ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``).
 """
 from __future__ import annotations
 
@@ -62,3 +63,21 @@ def profile_lines(results_dir: Path, link) -> list[str]:
             f"{data['step_s'] * 1e3:.1f} ms unprofiled; under torch.profiler the ops take {total * 1e3:.1f} ms "
             f"(the profiler's per-op overhead inflates kinds of many small ops, the inner Adam most).{anchor} "
             f"{link(path)}", "", "| Kind of work | Self CPU time (profiled) | Share |", "|---|---|---|", *rows]
+
+
+def variants_lines(results_dir: Path, link) -> list[str]:
+    """What was tried on the same meta-step (``benchmarks.perf.step_variants``): time and whether the numbers stay."""
+    path = results_dir / "profile" / "step_variants_cpu.json"
+    data = _load(path)
+    if data is None:
+        return []
+    rows = []
+    for name, v in data["variants"].items():
+        diff = v["max_param_diff_vs_as_run"]
+        same = "yes (bit-identical)" if diff == 0 else f"no (parameters differ by up to {diff:.1e})"
+        rounds = ", ".join(f"×{r:.2f}" for r in v["ratio_to_as_run_rounds"])
+        rows.append(f"| {name} | {v['step_s_median'] * 1e3:.1f} ms | ×{v['ratio_to_as_run_median']:.2f} ({rounds}) | {same} |")
+    return [f"Variants of the same meta-step, taking turns ({data['rounds']} rounds of {data['steps_per_round']} "
+            f"meta-steps each, {data['clock']}, {data['device']}; same seed and meta-batches for all; {link(path)}):",
+            "", "| Variant | Median per meta-step | × as run (median; per round) | Same numbers as run |",
+            "|---|---|---|---|", *rows]

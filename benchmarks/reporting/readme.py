@@ -202,6 +202,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
     if profile:
         out += ["#### Where a Reptile meta-step's time goes (`python -m benchmarks.perf.profile_reptile`; `make perf`)",
                 "", *profile, ""]
+    variants = against_official.variants_lines(results_dir, link)
+    if variants:
+        out += [*variants, ""]
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]

@@ -1,0 +1,43 @@
+"""The meta-step variants benchmark runs end to end, says which variants keep the numbers, and renders.
+
+One round of one meta-step per variant (times are meaningless here; ``make perf`` produces the committed
+ones). A few seconds on the 2-core CPU.
+
+    .venv/bin/python -m pytest -q tests/test_step_variants.py
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.perf import step_variants
+from benchmarks.reporting.against_official import variants_lines
+
+
+def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
+    finally:
+        torch.set_num_threads(before)
+    report = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())
+    variants = report["variants"]
+    assert set(variants) == {"as run", "for-loop Adam", "channels_last", "oneDNN off"}
+    # foreach runs the same per-tensor kernels: the code's claim that the switch kept the numbers.
+    assert variants["as run"]["max_param_diff_vs_as_run"] == 0.0
+    assert variants["for-loop Adam"]["max_param_diff_vs_as_run"] == 0.0
+    assert all(v["step_s_median"] > 0 and len(v["ratio_to_as_run_rounds"]) == 1 for v in variants.values())
+    lines = variants_lines(tmp_path, lambda p: str(p))
+    row = next(line for line in lines if line.startswith("| for-loop Adam |"))
+    assert "yes (bit-identical)" in row
+    assert variants_lines(tmp_path / "nothing", str) == []
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--steps"])
+def test_fewer_than_one_round_or_step_is_refused(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        step_variants.main([flag, "0"])
+    assert e.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
