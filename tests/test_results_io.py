@@ -38,6 +38,15 @@ def test_round_trip_keeps_values_and_types(tmp_path):
     assert pd.isna(r.autograd_saved_bytes)
 
 
+def test_byte_counts_stay_integers_beside_a_row_without_them(tmp_path):
+    path = tmp_path / "rows.csv"
+    write_row(path, make_row(autograd_saved_bytes=1841308))
+    write_row(path, make_row(config_hash="ffffffffffff", cell="other"))  # torch.func: no autograd bytes
+    text = path.read_text()
+    assert ",1841308," in text and "1841308.0" not in text and ",123," in text
+    assert read_rows(path).autograd_saved_bytes.iloc[0] == 1841308
+
+
 def test_same_config_hash_replaces_other_hashes_append(tmp_path):
     path = tmp_path / "rows.csv"
     write_row(path, make_row(complete=False, iterations_run=3))

@@ -258,11 +258,20 @@ def _checked(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _whole_bytes(df: pd.DataFrame) -> pd.DataFrame:
+    # A column with an empty cell (torch.func has no autograd bytes) reads as float; write counts as integers.
+    for col in ("peak_memory_bytes", "autograd_saved_bytes"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        if (values.dropna() % 1 == 0).all():
+            df[col] = values.astype("Int64")
+    return df
+
+
 def _add_row(path: Path, row: dict[str, Any]) -> None:
     df = read_rows_or_empty(path)
     df = df[df["config_hash"].astype(str) != str(row["config_hash"])]
     new = pd.DataFrame([row], columns=COLUMNS)
-    write_csv_atomic(new if df.empty else pd.concat([df, new], ignore_index=True), path)
+    write_csv_atomic(_whole_bytes(new if df.empty else pd.concat([df, new], ignore_index=True)), path)
 
 
 def write_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
