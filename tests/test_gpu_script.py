@@ -4,13 +4,14 @@
 
 - shell syntax (``bash -n``) and the dry-run listing of every step, in GPU and rehearsal modes;
 - benchmarks.gpu.cells: the fair split, exact cell patterns, the rehearsal copy of the suite;
-- end to end: the rehearsal mode with a ~45 s budget (one scaling cell, one paper cell with 4
-  evaluation tasks), then the bundle it leaves in OUT (at most 8 flat files, rows of the result
-  schema, the table printed last) and ``gpu_bundle import`` of that bundle into a temporary
+- end to end: the rehearsal mode with a ~55 s budget (one scaling cell, the evaluation throughput on
+  2 tasks, one paper cell with 4 evaluation tasks), then the bundle it leaves in OUT (at most 8 flat
+  files, rows of the result schema, the table printed last) and ``gpu_bundle import`` of that bundle into a temporary
   results folder (tables, plots and a README copy regenerated).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ def test_dry_run_lists_every_step(mode):
     env = dict(os.environ, DRY_RUN="1", REHEARSE="1" if mode == "rehearse" else "0", PYTHON=sys.executable)
     out = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for step in ("scaling", "perf", "limits", "paper", "bundle"):
+    for step in ("scaling", "perf", "limits", "eval", "paper", "bundle"):
         assert f"[dry-run] {step}" in out.stdout, out.stdout
     assert "'--device' '" + ("cuda" if mode == "gpu" else "cpu") + "'" in out.stdout  # printed shell-quoted
     assert 'run(command="bash benchmarks/gpu/results.sh", carry=[".whl", ".gpu-data"], timeout_s=600)' in out.stdout
@@ -103,7 +104,8 @@ def rehearsal(tmp_path_factory, omniglot_root, hermetic_cache):
     out, work = tmp_path_factory.mktemp("gpu-out"), tmp_path_factory.mktemp("gpu-work")
     env = dict(os.environ, REHEARSE="1", PYTHON=sys.executable, OUT=str(out), GPU_WORK=str(work),
                OMNIGLOT_ROOT=str(omniglot_root), REPTILE_BENCH_CACHE=str(hermetic_cache),
-               BUDGET_S="45", RESERVE_S="10", STEPS="scaling paper", SCALING_CELLS="[s]caling-reference-reptile-k1",
+               BUDGET_S="55", RESERVE_S="10", STEPS="scaling eval paper",
+               EVAL_ARGS="--tasks 2 --repeats 1", SCALING_CELLS="[s]caling-reference-reptile-k1",
                PAPER_CELLS="5w1s-fomaml", EVAL_TASKS="4", TAIL="fomaml=4", MIN_WINDOW="3")
     start = time.perf_counter()
     proc = subprocess.run(["bash", str(SCRIPT), "--rehearse"], env=env, capture_output=True, text=True, timeout=120)
@@ -114,9 +116,9 @@ def rehearsal(tmp_path_factory, omniglot_root, hermetic_cache):
 def test_rehearsal_end_to_end(rehearsal):
     out, proc, seconds = rehearsal
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert seconds < 60, f"the rehearsal took {seconds:.0f} s"
+    assert seconds < 75, f"the rehearsal took {seconds:.0f} s"
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= 8 and {"rows.csv", "curves.csv", "provenance.txt", "log.txt", "scaling.png"} <= set(files)
+    assert len(files) <= 8 and {"rows.csv", "curves.csv", "eval.json", "provenance.txt", "log.txt", "scaling.png"} <= set(files)
     assert gpu_bundle.check_out(out) == []
     rows = read_rows(out / "rows.csv")
     assert list(rows.columns) == COLUMNS
@@ -144,5 +146,8 @@ def test_import_into_results(rehearsal, tmp_path):
     assert read_rows(results / "cpu-rehearsal" / "rows.csv").shape[0] == 2
     assert (results / "tables" / "paper_tables.md").is_file()
     assert any(p.name.startswith("scaling-") for p in (results / "plots").iterdir())
+    throughput = results / "eval" / "throughput_cpu-rehearsal.json"
+    assert json.loads(throughput.read_text())["per_protocol"]  # the batched-evaluation table reads it
+    assert "results/eval/throughput_cpu-rehearsal.json" in readme.read_text()
     assert gpu_bundle.main(args) == 2  # refuses to overwrite without --force
     assert gpu_bundle.main(args + ["--force"]) == 0

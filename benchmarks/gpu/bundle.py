@@ -5,18 +5,20 @@
     python -m benchmarks.gpu.bundle import --files DIR --card h100  # here, after the call (make gpu-import)
 
 ``bundle`` reads ``WORK/results/<suite>/{rows,curves}.csv`` (every suite the script ran), the
-micro-benchmark JSONs and logs in WORK, and writes into OUT (flat; names of letters, digits, . _ -):
+micro-benchmark and evaluation-throughput JSONs and logs in WORK, and writes into OUT (flat; names of
+letters, digits, . _ -):
 
-    rows.csv  curves.csv  benchmarks.json  limits.json  scaling.png  curves.png  provenance.txt  log.txt
+    rows.csv  curves.csv  benchmarks.json  limits.json  eval.json  scaling.png  provenance.txt  log.txt
 
 (a file whose source is missing, e.g. a step that did not run, is left out and provenance.txt says
-so). Plots are ``benchmarks.reporting.plots`` on the bundled rows. The table printed last has one line per
+so). scaling.png is ``benchmarks.reporting.plots`` on the bundled rows, for a first look at the reply;
+the curves plot does not travel (8 files at most), since ``import`` redraws every plot from the rows. The table printed last has one line per
 row: algorithm, cell, iterations_run, complete, metric ± 95% CI, peak memory, median step time.
 
 ``import`` copies a bundle into this checkout: ``results/<card>/`` gets rows.csv, curves.csv,
 limits.json, provenance.txt and log.txt; ``results/perf/<card>-benchmarks.json`` the
-pytest-benchmark JSON; then it regenerates the tables and plots (``python -m benchmarks.cli
-tables``) and the README section (``python -m benchmarks.reporting.readme``). It refuses rows of another
+pytest-benchmark JSON; ``results/eval/throughput_<card>.json`` the evaluation throughput; then it
+regenerates the tables and plots (``python -m benchmarks.cli tables``) and the README section (``python -m benchmarks.reporting.readme``). It refuses rows of another
 schema, and an existing ``results/<card>/`` unless ``--force``.
 """
 from __future__ import annotations
@@ -81,7 +83,7 @@ def table(rows: pd.DataFrame) -> str:
 
 
 def render_plots(rows: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[str]:
-    """scaling.png and curves.png in ``out`` from ``benchmarks.reporting.plots``; returns notes on what was not drawn."""
+    """scaling.png in ``out`` from ``benchmarks.reporting.plots``; returns notes on what was not drawn."""
     from benchmarks.reporting import plots
 
     notes = []
@@ -91,7 +93,7 @@ def render_plots(rows: pd.DataFrame, curves: pd.DataFrame, out: Path) -> list[st
         write_csv_atomic(rows, folder / ROWS_FILE)
         write_csv_atomic(curves, folder / CURVES_FILE)
         written = plots.main(tmp, Path(tmp) / "plots")
-        for prefix, name in (("scaling-", "scaling.png"), ("curves-", "curves.png")):
+        for prefix, name in (("scaling-", "scaling.png"),):
             found = [p for p in written if p.name.startswith(prefix)]
             if found:
                 shutil.copyfile(found[0], out / name)
@@ -111,7 +113,7 @@ def bundle(work: Path, out: Path) -> int:
         notes.append("rows.csv: no result rows were written")
     if not curves.empty:
         write_csv_atomic(curves, out / "curves.csv")
-    for name in ("benchmarks.json", "limits.json"):
+    for name in ("benchmarks.json", "limits.json", "eval.json"):
         if (work / name).is_file() and (work / name).stat().st_size:
             shutil.copyfile(work / name, out / name)
         else:
@@ -169,10 +171,12 @@ def import_bundle(files: Path, card: str, results: Path, force: bool, readme: Pa
         if (files / name).is_file():
             shutil.copyfile(files / name, dest / name)
             print(f"copied {files / name} -> {dest / name}")
-    if (files / "benchmarks.json").is_file():
-        (results / "perf").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(files / "benchmarks.json", results / "perf" / f"{card}-benchmarks.json")
-        print(f"copied {files / 'benchmarks.json'} -> {results / 'perf' / f'{card}-benchmarks.json'}")
+    for name, target in (("benchmarks.json", results / "perf" / f"{card}-benchmarks.json"),
+                         ("eval.json", results / "eval" / f"throughput_{card}.json")):
+        if (files / name).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(files / name, target)
+            print(f"copied {files / name} -> {target}")
     print(table(rows))
     for cmd in ([sys.executable, "-m", "benchmarks.cli", "tables", "--results", str(results)],
                 [sys.executable, "-m", "benchmarks.reporting.readme", "--readme", str(readme), "--results-dir", str(results)]):

@@ -2,6 +2,8 @@
 # The one prepared GPU script: in ONE device call of at most 10 minutes, measure
 #   (a) the scaling sweep on CUDA (peak memory, time per meta-step vs inner steps 1..20; suite `scaling`),
 #   (b) the micro-benchmarks (pytest tests/perf, python -m benchmarks.perf.limits --device cuda),
+#   (b') the evaluation throughput, serial against batched in both convolution modes
+#       (python -m benchmarks.perf.eval_throughput --device cuda): the figures the per-device default follows,
 #   (c) the papers' Omniglot 5-way protocol on the small split (suite `gpu-omniglot-small`: 6 cells,
 #       each given a fair share of the time left by benchmarks/gpu/cells.py, cut short by --max-minutes),
 #   (d) bundle everything into <= 8 flat files under $OUT (benchmarks/gpu/bundle.py) and print a table,
@@ -19,8 +21,9 @@
 #   3. Here, after the call:
 #        make gpu-import GPU_FILES=<files_at folder> CARD=h100     # (or h200: the card the reply names)
 #      -> results/h100/{rows.csv,curves.csv,limits.json,provenance.txt,log.txt},
-#         results/perf/h100-benchmarks.json, then `python -m benchmarks.cli tables` and
-#         `python -m benchmarks.reporting.readme` regenerate the tables, plots and README section.
+#         results/perf/h100-benchmarks.json, results/eval/throughput_h100.json, then
+#         `python -m benchmarks.cli tables` and `python -m benchmarks.reporting.readme` regenerate the
+#         tables, plots and README section.
 #
 # Usage: bash benchmarks/gpu/results.sh [--rehearse] [--dry-run] [--prepare]
 #   (no flag)    GPU run: CUDA must be visible (fails fast otherwise), budget 540 s.
@@ -28,8 +31,8 @@
 #   --dry-run    (or DRY_RUN=1) print each step's command and limit, run nothing.
 #   --prepare    step 1 above (make gpu-prepare).
 # Environment (optional): OUT (default: a new /tmp folder; must be empty), PYTHON (default python3),
-#   BUDGET_S, RESERVE_S (kept for the bundle), STEPS (subset of "scaling micro paper"),
-#   SCALING_CELLS, SCALING_MAX_S, MICRO_MAX_S, PERF_SELECT (pytest -k), LIMITS_ARGS, PAPER_CELLS,
+#   BUDGET_S, RESERVE_S (kept for the bundle), STEPS (subset of "scaling micro eval paper"),
+#   SCALING_CELLS, SCALING_MAX_S, MICRO_MAX_S, EVAL_MAX_S, EVAL_ARGS, PERF_SELECT (pytest -k), LIMITS_ARGS, PAPER_CELLS,
 #   EVAL_TASKS (rehearsal: evaluation tasks per paper cell), TAIL, MIN_WINDOW (see benchmarks/gpu/cells.py),
 #   GPU_WORK (scratch folder), OMNIGLOT_ROOT (default .gpu-data/omniglot when present).
 # What runs on the device: python3 (3.12, torch with CUDA, no higher, no wandb, no network) from the
@@ -115,19 +118,22 @@ START=$(date +%s)
 if [[ $MODE == rehearse ]]; then
   DEVICE=cpu
   : "${BUDGET_S:=160}" "${RESERVE_S:=15}" "${SCALING_MAX_S:=35}" "${MICRO_MAX_S:=70}" "${MIN_WINDOW:=4}"
+  : "${EVAL_MAX_S:=25}" "${EVAL_ARGS=--tasks 4 --repeats 1}"
   : "${SCALING_CELLS=scaling-*-k1}" "${PERF_SELECT=sampling or reptile}" "${LIMITS_ARGS=--repeats 1 --only reptile --compile}"
   : "${EVAL_TASKS=10}" "${TAIL:=reptile=8,fomaml=5,maml=5}" "${PAPER_CELLS=5w1s}"
 else
   DEVICE=cuda
   # Budget split (s): setup + data ~15, scaling <= 120, micro-benchmarks <= 110 (torch.compile's trial
-  # last: what it has not finished when the step's time is up is lost alone), bundle 30, the rest
-  # (~260) to the 6 paper cells: ~140 for their evaluations (TAIL, first guesses, then measured), the
-  # remainder shared equally as training windows (~25 s each, process start included).
-  : "${BUDGET_S:=540}" "${RESERVE_S:=30}" "${SCALING_MAX_S:=120}" "${MICRO_MAX_S:=110}" "${MIN_WINDOW:=15}"
+  # last: what it has not finished when the step's time is up is lost alone), evaluation throughput
+  # <= 50 (40 tasks x 2 repeats: serial Reptile fine-tuning, 50 launch-bound Adam steps a task, is
+  # most of it), bundle 30, the rest (~210) to the 6 paper cells: ~140 for their evaluations (TAIL,
+  # first guesses, then measured), the remainder shared equally as training windows.
+  : "${BUDGET_S:=540}" "${RESERVE_S:=30}" "${SCALING_MAX_S:=120}" "${MICRO_MAX_S:=110}" "${MIN_WINDOW:=10}"
+  : "${EVAL_MAX_S:=50}" "${EVAL_ARGS=--tasks 40 --repeats 2}"
   : "${SCALING_CELLS=}" "${PERF_SELECT=}" "${LIMITS_ARGS=--repeats 15 --compile}" "${EVAL_TASKS=}" "${TAIL:=reptile=45,fomaml=12,maml=12}"
   : "${PAPER_CELLS=}"
 fi
-: "${STEPS:=scaling micro paper}"
+: "${STEPS:=scaling micro eval paper}"
 DEADLINE=$((START + BUDGET_S))
 if [[ $DRY == 1 ]]; then
   OUT=${OUT:-/tmp/gpu-results-out.DRYRUN}; WORK=${GPU_WORK:-/tmp/gpu-work.DRYRUN}
@@ -294,6 +300,12 @@ if wants micro; then
   fi
   # shellcheck disable=SC2086 # LIMITS_ARGS is a list of words on purpose
   step limits $((micro_end - $(date +%s))) "$PY" -m benchmarks.perf.limits --device "$DEVICE" --json "$WORK/limits.json" $LIMITS_ARGS
+fi
+
+# ---------------------------------------------------------------------- (b') evaluation throughput
+if wants eval; then
+  # shellcheck disable=SC2086 # EVAL_ARGS is a list of words on purpose
+  step eval "$EVAL_MAX_S" "$PY" -m benchmarks.perf.eval_throughput --device "$DEVICE" --json "$WORK/eval.json" $EVAL_ARGS
 fi
 
 # ------------------------------------------------------------------ (c) paper protocol, Omniglot small
