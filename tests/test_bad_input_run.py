@@ -100,7 +100,7 @@ def test_a_damaged_zip_is_one_message_naming_the_file_and_exit_3(omniglot_root, 
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("split", '"tiny"', "unknown omniglot split 'tiny'; valid splits: paper, small"),
+    ("split", '"tiny"', "split: unknown omniglot split 'tiny'; valid splits: paper, small"),
     ("train_part", '"val"', "train_part: unknown part 'val' of omniglot/small (it has no val part)"),
     ("eval_part", '"dev"', "eval_part: unknown part 'dev' of omniglot/small"),
 ])
@@ -214,6 +214,8 @@ def test_an_unreadable_or_unsafe_checkpoint_is_moved_aside_and_the_training_star
     err = capsys.readouterr().err
     assert "moved it to" in err and "starting this training afresh" in err
     assert ("refused by torch as unsafe" in err) == (content == "unsafe")
+    assert ("it calls posix.system" in err) == (content == "unsafe")  # what the pickle would have run
+    assert "weights_only" not in err  # torch's advice to turn the safety off is not passed on
     aside = list(path.parent.glob(f"{path.name}.unreadable-*"))
     assert len(aside) == 1 and aside[0].stat().st_size > 0  # kept, not deleted
     assert row["metric_mean"] == clean["metric_mean"] and row["iterations_run"] == 4

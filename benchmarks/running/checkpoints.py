@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,8 +60,12 @@ def load(path: Path, key: str, code_state: str, device: str, name: str) -> dict[
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read (truncated, not a checkpoint, unsafe pickle)
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        # torch's first sentence says what is wrong; the rest is advice (turn weights_only off) not to follow
+        reason = str(e).strip().splitlines()[0].split(". ")[0][:200] if str(e).strip() else type(e).__name__
         unsafe = "weights_only" in str(e) or "Unsupported global" in str(e)
+        called = re.search(r"(?:unsupported|Unsupported global:) GLOBAL (\S+)", str(e))
+        if called:  # what the pickle would have run
+            reason += f": it calls {called.group(1)}"
         move_aside(path, f"{'refused by torch as unsafe to load' if unsafe else 'unreadable'} ({reason})")
         return None
     if not isinstance(state, dict) or "learner" not in state:

@@ -19,7 +19,7 @@ from typing import Any
 
 from algorithms.base import MetaConfig
 from algorithms.evaluation import EvalConfig
-from datasets import check_names
+from datasets import VALID, check_names
 from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT
 
 DATASETS = ("sine", "omniglot", "miniimagenet")
@@ -117,8 +117,10 @@ class CellConfig:
         for part in ("train_part", "eval_part"):
             try:
                 check_names(self.dataset, self.split, getattr(self, part))
-            except ValueError as e:
-                raise ValueError(f"{where}: {part}: {e}") from None
+            except ValueError as e:  # name the field at fault: the dataset, the split, or this part
+                field = ("dataset" if self.dataset not in VALID else
+                         "split" if self.split not in VALID[self.dataset] else part)
+                raise ValueError(f"{where}: {field}: {e}") from None
         if isinstance(self.diverge_factor, bool) or not isinstance(self.diverge_factor, (int, float)) \
                 or not (math.isfinite(self.diverge_factor) and self.diverge_factor > 1):
             raise ValueError(f"{where}: diverge_factor must be a finite number > 1, got {self.diverge_factor!r}")

@@ -240,7 +240,8 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
                 result = evaluate(learner.model, eval_pools[c.cell], c.ways, c.shots, c.eval, device=device,
                                   progress=show_progress(), diverge_factor=c.diverge_factor)
             except DivergedError as e:
-                print(f"error: cell {c.suite}/{c.cell}: evaluation diverged, no row written: {e}", file=sys.stderr)
+                if len(training.cells) > 1:  # which of the training's cells (one cell: the caller says it)
+                    print(f"error: cell {c.suite}/{c.cell}: no row written: {e}", file=sys.stderr)
                 failure = failure or e
                 tracked(trackers[c.cell], "finish", None)
                 continue
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {names}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except DivergedError as e:
-        print(f"error: {names}: diverged, no row written for it: {e}", file=sys.stderr)
+        said = "" if "diverged" in str(e) else "diverged, "
+        print(f"error: {names}: {said}no row written for it: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except checkpoints.TrainingBusy as e:
         print(f"skipped: {e}", file=sys.stderr)
