@@ -202,8 +202,6 @@ def test_only_cells_finished_at_this_commit_on_this_device_are_skipped(tmp_path,
                                                                       threads, dirty, skipped):
     """A fresh clone holds rows of an earlier commit: `make benchmark` must run those cells, not print them.
     Nor is a cell done for a run with another thread count, or for code with uncommitted changes."""
-    from dataclasses import replace
-
     from benchmarks.records import provenance
     from benchmarks.records.rows import write_row
     from benchmarks.running.suites import load_suite

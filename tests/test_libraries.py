@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from _tiny import flat, one_thread, tiny_bn_net, tiny_classification_batch  # noqa: F401 (one_thread: autouse)
-from algorithms import MetaConfig, build_learner, build_model, task_loss
+from algorithms import MetaConfig, build_learner, build_model
 from algorithms.libraries import LibraryMissing, check_available, learn2learn_maml
 from benchmarks.perf.backend_check import directional_fd
 

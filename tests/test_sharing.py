@@ -136,7 +136,7 @@ def test_rows_without_or_with_foreign_scores_are_named_not_paired(tmp_path):
     assert pairs == 0 and "they are from other rows" in text
     pd.read_csv(path)[lambda df: df.config_hash != hash_b].to_csv(path, index=False)
     text, _ = paired.render(load_rows(tmp_path)[0])
-    assert f"t/b (seed 0, cpu" in text and NO_SCORES in text
+    assert "t/b (seed 0, cpu" in text and NO_SCORES in text
 
 
 def test_a_scores_file_of_another_format_stops_the_run_before_any_work(tmp_path, capsys):

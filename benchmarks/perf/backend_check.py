@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 
 import higher
 import torch
@@ -23,8 +22,7 @@ import torch
 from algorithms import LEARNERS, MetaConfig, build_learner, task_loss
 from algorithms.libraries import LibraryMissing
 from algorithms.libraries.func_maml import func_meta_gradient
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
-from datasets.archive import atomic_write
+from benchmarks.records.provenance import measurement, device_name, write_json
 from datasets.tasks import TaskBatch
 
 ALPHA = 0.3
@@ -117,11 +115,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="also write the errors to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # tiny float64 graphs: more threads only fight over the cores
-    report = {"device": device_name("cpu"), "torch": torch.__version__, "command": command_line(),
-              **git_state(exclude=REPO_ROOT / "results"), **check()}
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    report = measurement(device_name("cpu"), **check())
+    write_json(args.json, report)
     return report
 
 

@@ -13,7 +13,6 @@ fewer free cores than ranks the ranks share them, and the speed-up says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,9 +21,8 @@ import tempfile
 from pathlib import Path
 
 from algorithms import build_model
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
+from benchmarks.records.provenance import REPO_ROOT, measurement, device_name, write_json
 from benchmarks.records.rows import read_rows
-from datasets.archive import atomic_write
 
 SUITE = """
 [[group]]
@@ -71,18 +69,15 @@ def main(argv=None) -> dict:
             for n in args.ranks:
                 times[n].append(one_run(suite, n, work))
     base = statistics.median(times[args.ranks[0]])
-    report = {"device": device_name("cpu", 1), "command": command_line(), **git_state(exclude=REPO_ROOT / "results"),
-              "setting": "maml, Omniglot-small 5-way 5-shot, 15 queries, meta-batch 4, K = 1",
-              "allreduce_bytes_per_step": 4 * floats, "results": {}}
+    report = measurement(device_name("cpu", 1), setting="maml, Omniglot-small 5-way 5-shot, 15 queries, meta-batch 4, K = 1",
+                         allreduce_bytes_per_step=4 * floats, results={})
     for n in args.ranks:
         med = statistics.median(times[n])
         report["results"][str(n)] = {"step_s_median": med, "steps_per_s": 1 / med, "speedup": base / med,
                                      "step_s_all": times[n]}
         print(f"{n} rank(s): {med * 1e3:.0f} ms per meta-step ({1 / med:.2f} steps/s), x{base / med:.2f} vs "
               f"{args.ranks[0]}; all-reduce {4 * floats / 1e3:.0f} kB per step")
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_json(args.json, report)
     return report
 
 

@@ -18,7 +18,6 @@ serial one, in both of TaskNet's modes. In float64 the two are identical (``test
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from dataclasses import replace
@@ -27,8 +26,7 @@ import torch
 from algorithms import build_model
 from algorithms import batched_eval
 from algorithms.evaluation import EvalConfig, evaluate
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
-from datasets.archive import atomic_write
+from benchmarks.records.provenance import measurement, device_name, write_json
 from datasets.tasks import ClassPool
 
 PROTOCOLS = {
@@ -136,13 +134,10 @@ def main(argv=None) -> dict:
         raise SystemExit("--tasks must be >= 2 and --repeats >= 1")
     if args.device == "cpu":
         torch.set_num_threads(1)
-    report = {"device": device_name(args.device), "torch": torch.__version__, "command": command_line(),
-              "task_batch": batched_eval.TASK_BATCH, **git_state(exclude=REPO_ROOT / "results")}
+    report = measurement(device_name(args.device), task_batch=batched_eval.TASK_BATCH)
     print(f"evaluation throughput | {report['device']} | torch {torch.__version__}")
     report.update(agreement(args.device) if args.agreement else throughput(args.device, args.tasks, args.repeats))
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_json(args.json, report)
     return report
 
 

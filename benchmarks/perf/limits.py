@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import statistics
 import time
 
@@ -58,8 +57,7 @@ from algorithms.models import OmniglotCNN
 from algorithms.libraries import LibraryMissing
 from algorithms.libraries.func_maml import func_meta_gradient
 from benchmarks.running.measure import autograd_saved_bytes, synchronize
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
-from datasets.archive import atomic_write
+from benchmarks.records.provenance import measurement, device_name, write_json
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
@@ -275,13 +273,10 @@ def main(argv=None) -> dict:
     clock_name = "wall time" if wall else "thread CPU time"
     repeats = {name: args.repeats or DEFAULT_REPEATS[name] for name in args.only}
     print(f"limit benchmark | torch {torch.__version__} | {dev} | tasks: {source} | meta-batch {T} | repeats of {clock_name}: {repeats}")
-    report = {"device": dev, "torch": torch.__version__, "tasks": source, "repeats": repeats, "clock": clock_name,
-              "command": command_line(), **git_state(exclude=REPO_ROOT / "results"), "timings": {}, "memory": {}}
+    report = measurement(dev, tasks=source, repeats=repeats, clock=clock_name, timings={}, memory={})
 
     def save(report):  # after every part, so a run stopped by a time limit keeps what it finished
-        if args.json:
-            with atomic_write(args.json, "w") as f:
-                json.dump(report, f, indent=1)
+        write_json(args.json, report)
     for name in args.only:
         shots, query, _ = SETTINGS[name]
         batches = setting_batches(sample, name, args.device)

@@ -13,15 +13,13 @@ are also timed unprofiled, and both totals are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from algorithms import MetaConfig, build_learner, build_model
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
-from datasets.archive import atomic_write
+from benchmarks.records.provenance import measurement, device_name, write_json
 
 KINDS = [  # (kind, op names it covers); first match wins
     ("convolution backward", ("aten::convolution_backward",)),
@@ -92,15 +90,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     result = breakdown(args.steps)
-    report = {"device": device_name("cpu", 1), "torch": torch.__version__, "command": command_line(),
-              "clock": "thread CPU time", **git_state(exclude=REPO_ROOT / "results"), **result}
+    report = measurement(device_name("cpu", 1), clock="thread CPU time", **result)
     print(f"Reptile meta-step, 1 thread: {result['step_s'] * 1e3:.1f} ms unprofiled, "
           f"{result['profiled_step_s'] * 1e3:.1f} ms of op time under the profiler")
     for kind, t in sorted(result["kinds_s"].items(), key=lambda kv: -kv[1]):
         print(f"  {kind:<24} {t * 1e3:6.1f} ms  {100 * t / result['profiled_step_s']:5.1f}%")
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_json(args.json, report)
     return report
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import time
 import warnings
@@ -29,8 +28,7 @@ import warnings
 import torch
 
 from benchmarks.perf.profile_reptile import setup
-from benchmarks.records.provenance import REPO_ROOT, command_line, device_name, git_state
-from datasets.archive import atomic_write
+from benchmarks.records.provenance import measurement, device_name, write_json
 
 
 def _for_loop_adam(learner):
@@ -98,16 +96,13 @@ def main(argv=None) -> dict:
     if args.rounds < 1 or args.steps < 1:
         ap.error(f"--rounds and --steps must be at least 1 (got {args.rounds} and {args.steps})")
     variants = measure(args.rounds, args.steps)
-    report = {"device": device_name("cpu", 1), "torch": torch.__version__, "command": command_line(),
-              "clock": "thread CPU time", "rounds": args.rounds, "steps_per_round": args.steps,
-              **git_state(exclude=REPO_ROOT / "results"), "variants": variants}
+    report = measurement(device_name("cpu", 1), clock="thread CPU time", rounds=args.rounds,
+                         steps_per_round=args.steps, variants=variants)
     print(f"Reptile meta-step variants, 1 thread, {args.rounds} rounds of {args.steps} steps (thread CPU time)")
     for name, v in variants.items():
         print(f"  {name:<14} {v['step_s_median'] * 1e3:6.1f} ms  x{v['ratio_to_as_run_median']:.2f} of as run  "
               f"max |param - as run's| {v['max_param_diff_vs_as_run']:.1e}")
-    if args.json:
-        with atomic_write(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    write_json(args.json, report)
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import platform
 import shlex
@@ -122,6 +123,22 @@ def command_line(argv: list[str] | None = None) -> str:
         if module is not None and module.parts[0] == "benchmarks":
             argv = ["-m", ".".join(module.parts)] + argv[1:]
     return shlex.join(["python", *argv])
+
+
+def measurement(device: str, **fields: object) -> dict[str, object]:
+    """What every measurement file (``python -m benchmarks.perf.* --json``) begins with: the device, torch's
+    version, the command and the git state (``results/`` excluded), then ``fields``."""
+    return {"device": device, "torch": torch.__version__, "command": command_line(),
+            **git_state(exclude=REPO_ROOT / "results"), **fields}
+
+
+def write_json(path: str | os.PathLike | None, report: dict[str, object]) -> None:
+    """``report`` as indented JSON at ``path``, atomically (never half-written); nothing when ``path`` is None."""
+    from datasets.archive import atomic_write  # here, not at the top: datasets imports nothing of benchmarks
+
+    if path:
+        with atomic_write(path, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 def utc_now() -> str:
