@@ -24,15 +24,37 @@ def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(
         torch.set_num_threads(before)
     report = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())
     variants = report["variants"]
-    assert set(variants) == {"as run", "for-loop Adam", "channels_last", "oneDNN off"}
+    assert set(variants) == {"as run", "for-loop Adam", "channels_last", "oneDNN off", "compiled step"}
+    assert "error" not in variants["compiled step"], variants["compiled step"]  # Inductor compiles here
     # foreach runs the same per-tensor kernels: the code's claim that the switch kept the numbers.
     assert variants["as run"]["max_param_diff_vs_as_run"] == 0.0
     assert variants["for-loop Adam"]["max_param_diff_vs_as_run"] == 0.0
-    assert all(v["step_s_median"] > 0 and len(v["ratio_to_as_run_rounds"]) == 1 for v in variants.values())
+    assert all(v["step_s_median"] > 0 and len(v["ratio_to_as_run_rounds"]) == 1 and v["warmup_s"] > 0
+               for v in variants.values())
+    # Compiled kernels round float32 differently: the report must say the numbers moved, not hide it.
+    assert variants["compiled step"]["max_param_diff_vs_as_run"] > 0
     lines = variants_lines(tmp_path, lambda p: str(p))
     row = next(line for line in lines if line.startswith("| for-loop Adam |"))
     assert "yes (bit-identical)" in row
     assert variants_lines(tmp_path / "nothing", str) == []
+
+
+def test_a_variant_that_cannot_run_is_reported_and_the_others_timed(tmp_path, monkeypatch):
+    def broken(learner):
+        def context():
+            raise RuntimeError("no C++ compiler found")
+        return context
+
+    monkeypatch.setattr(step_variants, "VARIANTS", {"as run": step_variants.VARIANTS["as run"], "broken": broken})
+    before = torch.get_num_threads()
+    try:
+        step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
+    finally:
+        torch.set_num_threads(before)
+    variants = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())["variants"]
+    assert variants["broken"] == {"error": "RuntimeError: no C++ compiler found"}
+    assert variants["as run"]["step_s_median"] > 0
+    assert any(line.startswith("| broken | failed: RuntimeError: no C++ compiler found") for line in variants_lines(tmp_path, str))
 
 
 @pytest.mark.parametrize("flag", ["--rounds", "--steps"])

@@ -9,7 +9,13 @@ Adam kept across tasks, Omniglot-small 5-way, 10 shots, meta-batch 5, 5 inner Ad
 - ``as run``: what the default suite runs (torch.optim.Adam with ``foreach=True``);
 - ``for-loop Adam``: the inner Adam with ``foreach=False`` (the previous code; same kernels per tensor);
 - ``channels_last``: the network's weights (so its activations) in channels-last memory format;
-- ``oneDNN off``: ``torch.backends.mkldnn`` disabled (PyTorch's own CPU convolutions).
+- ``oneDNN off``: ``torch.backends.mkldnn`` disabled (PyTorch's own CPU convolutions);
+- ``compiled step``: the whole inner step compiled: ``torch.compile`` of the network (its forward and, through
+  AOTAutograd, its backward) and of the inner Adam's ``step`` (one fused kernel instead of a loop over tensors).
+
+Each variant's warm-up (2 meta-steps, wall time) is reported too: it holds ``compiled step``'s compilation
+(with an empty Inductor cache), a cost every training process pays once. A variant that fails (say, no C++ compiler for Inductor) is reported with
+its error, and the others are still timed.
 
 Every variant has its own learner, built from the same seed, and trains on the same meta-batches. The
 variants take turns, ``--steps`` meta-steps each per round (thread CPU time), so the machine's drift hits
@@ -21,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
+import tempfile
 import time
 import warnings
 
@@ -55,19 +63,34 @@ def _onednn_off(learner):
     return _no_onednn
 
 
+def _compiled_step(learner):
+    learner.model = torch.compile(learner.model)  # shares the parameters: the inner Adam keeps its tensors
+    learner.inner_optimizer.step = torch.compile(learner.inner_optimizer.step)
+    return contextlib.nullcontext
+
+
 VARIANTS = {"as run": lambda learner: contextlib.nullcontext, "for-loop Adam": _for_loop_adam,
-            "channels_last": _channels_last, "oneDNN off": _onednn_off}
+            "channels_last": _channels_last, "oneDNN off": _onednn_off, "compiled step": _compiled_step}
 
 
 def measure(rounds: int, steps: int, warmup: int = 2) -> dict:
-    runs = {}
+    runs, warm, failed = {}, {}, {}
     for name, make in VARIANTS.items():
         learner, batches = setup(warmup + rounds * steps)
         runs[name] = (learner, make(learner), iter(batches))
-    for learner, context, batches in runs.values():
-        with context():
-            for _ in range(warmup):
-                learner.meta_step(next(batches))
+    for name, (learner, context, batches) in list(runs.items()):
+        t0 = time.perf_counter()
+        try:
+            with context():
+                for _ in range(warmup):
+                    learner.meta_step(next(batches))
+        except Exception as e:  # noqa: BLE001 - one variant that cannot run here must not hide the others
+            if name == "as run":
+                raise
+            failed[name] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"}
+            del runs[name]
+            continue
+        warm[name] = time.perf_counter() - t0
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (learner, context, batches) in runs.items():
@@ -83,8 +106,8 @@ def measure(rounds: int, steps: int, warmup: int = 2) -> dict:
         ratios = [t / b for t, b in zip(times[name], times["as run"])]
         out[name] = {"step_s_median": statistics.median(times[name]), "step_s_rounds": times[name],
                      "ratio_to_as_run_median": statistics.median(ratios), "ratio_to_as_run_rounds": ratios,
-                     "max_param_diff_vs_as_run": diff}
-    return out
+                     "max_param_diff_vs_as_run": diff, "warmup_s": warm[name], "warmup_steps": warmup}
+    return {**out, **failed}
 
 
 def main(argv=None) -> dict:
@@ -95,11 +118,23 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         ap.error(f"--rounds and --steps must be at least 1 (got {args.rounds} and {args.steps})")
-    variants = measure(args.rounds, args.steps)
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="inductor-cache-") as cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # a cold cache: the compilation a fresh machine pays
+        try:
+            variants = measure(args.rounds, args.steps)
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
     report = measurement(device_name("cpu", 1), clock="thread CPU time", rounds=args.rounds,
                          steps_per_round=args.steps, variants=variants)
     print(f"Reptile meta-step variants, 1 thread, {args.rounds} rounds of {args.steps} steps (thread CPU time)")
     for name, v in variants.items():
+        if "error" in v:
+            print(f"  {name:<14} failed: {v['error']}")
+            continue
         print(f"  {name:<14} {v['step_s_median'] * 1e3:6.1f} ms  x{v['ratio_to_as_run_median']:.2f} of as run  "
               f"max |param - as run's| {v['max_param_diff_vs_as_run']:.1e}")
     write_json(args.json, report)

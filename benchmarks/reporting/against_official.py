@@ -73,11 +73,17 @@ def variants_lines(results_dir: Path, link) -> list[str]:
         return []
     rows = []
     for name, v in data["variants"].items():
+        if "error" in v:
+            rows.append(f"| {name} | failed: {v['error']} | | | |")
+            continue
         diff = v["max_param_diff_vs_as_run"]
         same = "yes (bit-identical)" if diff == 0 else f"no (parameters differ by up to {diff:.1e})"
         rounds = ", ".join(f"×{r:.2f}" for r in v["ratio_to_as_run_rounds"])
-        rows.append(f"| {name} | {v['step_s_median'] * 1e3:.1f} ms | ×{v['ratio_to_as_run_median']:.2f} ({rounds}) | {same} |")
+        warm = f"{v['warmup_s']:.1f} s" if "warmup_s" in v else "—"
+        rows.append(f"| {name} | {v['step_s_median'] * 1e3:.1f} ms | ×{v['ratio_to_as_run_median']:.2f} ({rounds}) "
+                    f"| {same} | {warm} |")
     return [f"Variants of the same meta-step, taking turns ({data['rounds']} rounds of {data['steps_per_round']} "
             f"meta-steps each, {data['clock']}, {data['device']}; same seed and meta-batches for all; {link(path)}):",
-            "", "| Variant | Median per meta-step | × as run (median; per round) | Same numbers as run |",
-            "|---|---|---|---|", *rows]
+            "", "| Variant | Median per meta-step | × as run (median; per round) | Same numbers as run "
+            "| First meta-steps (wall, compilation included) |",
+            "|---|---|---|---|---|", *rows]
