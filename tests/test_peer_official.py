@@ -96,3 +96,44 @@ def test_the_cli_exits_2_with_the_message(tmp_path, capsys):
     assert peer.main(["--checkout", str(tmp_path / "nothing"), "--out", str(tmp_path / "results")]) == 2
     assert "no checkout at" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("what", [["train", "--backend", "reference", "--iters", "3", "--warmup", "1"],
+                                  ["eval", "--evaluator", "serial", "--tasks", "2", "--repeats", "1"],
+                                  ["eval", "--evaluator", "batched", "--tasks", "2", "--repeats", "1"]])
+def test_our_side_prints_one_timing_the_harness_parses(omniglot_root, monkeypatch, what):
+    import subprocess
+
+    env = {**__import__("os").environ, "OMNIGLOT_ROOT": str(omniglot_root)}
+    p = subprocess.run([sys.executable, "-m", "benchmarks.peers.official_reptile_ours", *what, "--threads", "1"],
+                       cwd=peer.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = peer.parse(p.stdout)
+    assert result["threads"] == 1 and len(result["cpu_s"]) == (3 if what[0] == "train" else 1)
+    assert all(t > 0 for t in result["wall_s"] + result["cpu_s"])
+
+
+def test_evaluation_rounds_are_rendered_beside_the_training_rounds():
+    from benchmarks.reporting.against_official import peer_lines
+
+    def run(med, threads):
+        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
+
+    train = peer.rounds_report([{f"{w}/{t}": run(0.1, t) for w, t in peer.CONTENDERS}])
+    evals = peer.rounds_report([{f"{w}/{t}": run(m, t) for (w, t), m in
+                                 zip(peer.EVAL_CONTENDERS, (0.40, 0.50, 0.30, 0.35, 0.30, 0.20))}])
+    assert evals[0]["ratio_to_official"]["serial/1"] == pytest.approx(1.25)
+    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "rounds": train, "median_s": train[0]["median_s"],
+              "eval": {"tasks": 20, "repeats": 3, "setting": "5-way 1-shot", "rounds": evals,
+                       "median_s": evals[0]["median_s"]}}
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "peers").mkdir()
+        (Path(tmp) / "peers" / "official_reptile.json").write_text(json.dumps(report))
+        text = "\n".join(peer_lines(Path(tmp), str))
+    assert "Per evaluation task (5-way 1-shot" in text
+    assert "this project, task by task, 1 thread" in text and "500 ms (×1.25)" in text
+    assert peer.main(["--checkout", ".", "--eval-tasks", "1"]) == 2  # one task is no timing of a task

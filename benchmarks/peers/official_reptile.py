@@ -15,9 +15,13 @@ What it does, without touching the checkout or this project's environment:
    project's Reptile (``reference`` backend with the inner Adam's state kept across tasks, as the official
    code; ``batched`` without it) at the paper's Omniglot 5-way settings (10 shots, 5 inner Adam steps of lr
    0.001 with beta1 = 0 on minibatches of 10, meta-batch 5), task sampling included, at 1 thread (process CPU
-   time) and at each library's default threads (wall time), and prints same-round ratios;
-5. writes ``results/peers/official_reptile.json`` (every round) and one cost row per implementation and
-   thread setting to ``results/peer-official-reptile/rows.csv`` (backend ``official-tf`` for the authors').
+   time) and at each library's default threads (wall time), and prints same-round ratios; then, unless
+   ``--eval-tasks 0``, the same for one evaluation task: the official ``Reptile.evaluate`` (5-way 1-shot, 50
+   Adam steps on minibatches of 5, non-transductive) against this project's evaluator, task by task
+   (``serial``) and batched (the default on CPU) (``official_reptile_ours.py`` is this project's side);
+5. writes ``results/peers/official_reptile.json`` (every round, training and evaluation) and one cost row per
+   implementation and thread setting of the training timing to ``results/peer-official-reptile/rows.csv``
+   (backend ``official-tf`` for the authors').
 Bad input (no checkout, a checkout of something else, TensorFlow that does not install or import, a
 failing run) stops with a message; the project's own results are untouched until the end.
 """
@@ -31,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +50,8 @@ PATCH = [  # (file, line as the official code has it, line as it runs on TensorF
 PACKAGES = ["tensorflow==2.21.0", "tf-keras~=2.21.0", "numpy", "pillow"]
 TF_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}  # tf.layers needs tf-keras (Keras 2), not Keras 3
 CONTENDERS = [("official", 1), ("reference", 1), ("batched", 1), ("official", 0), ("reference", 0), ("batched", 0)]
+EVAL_CONTENDERS = [("official", 1), ("serial", 1), ("batched", 1), ("official", 0), ("serial", 0), ("batched", 0)]
+"""Evaluation: the authors' ``Reptile.evaluate`` against this project's evaluator, task by task and batched."""
 
 
 class PeerError(RuntimeError):
@@ -130,45 +135,26 @@ def peer_python(env: Path, python: str | None) -> str:
     return python
 
 
-def ours(backend: str, threads: int, iters: int, warmup: int) -> dict:
-    """This project's Reptile at the same settings, task sampling included: per-iteration wall / process CPU."""
-    import torch
-
-    from algorithms import MetaConfig, build_learner, build_model
-    from datasets import load_pool
-
-    if threads:
-        torch.set_num_threads(threads)
-    pool = load_pool("omniglot", "small", "train")
-    torch.manual_seed(0)
-    config = MetaConfig(algorithm="reptile", backend=backend, inner_steps=5, inner_lr=0.001, inner_optimizer="adam",
-                        adam_beta1=0.0, inner_batch=10, meta_lr=1.0, meta_lr_final=0.0,
-                        persist_inner_state=backend == "reference")
-    learner = build_learner(config, build_model("omniglot", 5), 100_000, seed=0)
-    wall, cpu = [], []
-    for i in range(warmup + iters):
-        w0, c0 = time.perf_counter(), time.process_time()
-        learner.meta_step(pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)))
-        if i >= warmup:
-            wall.append(time.perf_counter() - w0)
-            cpu.append(time.process_time() - c0)
-    import resource
-
-    return {"implementation": backend, "torch": torch.__version__, "threads": threads, "wall_s": wall, "cpu_s": cpu,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-
-def run_one(who: str, threads: int, args, python: str, code: Path, data: Path) -> dict:
-    if who == "official":
+def run_one(who: str, threads: int, args, python: str, code: Path, data: Path, evaluation: bool = False) -> dict:
+    """One timing process: the authors' code (``DRIVER``, in the peer env) or ours (``official_reptile_ours``)."""
+    ours = [sys.executable, "-m", "benchmarks.peers.official_reptile_ours"]
+    if who == "official" and evaluation:
+        cmd = [python, str(DRIVER), "--checkout", str(code), "--data", str(data / "test"), "--threads", str(threads),
+               "--tasks", str(args.eval_tasks), "--repeats", str(args.eval_repeats)]
+    elif who == "official":
         cmd = [python, str(DRIVER), "--checkout", str(code), "--data", str(data / "train"), "--threads", str(threads),
                "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    elif evaluation:
+        cmd = ours + ["eval", "--evaluator", who, "--threads", str(threads), "--tasks", str(args.eval_tasks),
+                      "--repeats", str(args.eval_repeats)]
     else:
-        cmd = [sys.executable, "-m", "benchmarks.peers.official_reptile", "ours", "--backend", who, "--threads",
-               str(threads), "--iters", str(args.iters), "--warmup", str(args.warmup)]
+        cmd = ours + ["train", "--backend", who, "--threads", str(threads), "--iters", str(args.iters),
+                      "--warmup", str(args.warmup)]
     env = {**os.environ, "PYTHONPATH": str(REPO), **TF_ENV}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if p.returncode != 0:
-        raise PeerError(f"the {who} run ({threads or 'default'} threads) failed (exit {p.returncode}):\n"
+        raise PeerError(f"the {who} {'evaluation' if evaluation else 'training'} run ({threads or 'default'} threads) "
+                        f"failed (exit {p.returncode}):\n"
                         f"{p.stderr.strip()[-1500:]}")
     return parse(p.stdout)
 
@@ -235,16 +221,6 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["ours"]:
-        ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile ours")
-        ap.add_argument("--backend", required=True, choices=["reference", "batched"])
-        ap.add_argument("--threads", type=int, default=0)
-        ap.add_argument("--iters", type=int, default=60)
-        ap.add_argument("--warmup", type=int, default=10)
-        a = ap.parse_args(argv[1:])
-        print(json.dumps(ours(a.backend, a.threads, a.iters, a.warmup)))
-        return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="a clone of https://github.com/openai/supervised-reptile")
     ap.add_argument("--env", default=str(REPO / ".venv-official-reptile"), help="the TensorFlow environment to use or make")
@@ -252,10 +228,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=60, help="timed meta-iterations per run (after --warmup)")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--eval-tasks", type=int, default=20, help="evaluation tasks per timed repeat (0: no evaluation timing)")
+    ap.add_argument("--eval-repeats", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "results"), help="results folder (rows and the JSON report)")
     args = ap.parse_args(argv)
-    if args.rounds < 1 or args.iters < 3:
-        print("error: --rounds must be >= 1 and --iters >= 3", file=sys.stderr)
+    if args.rounds < 1 or args.iters < 3 or args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_repeats < 1:
+        print("error: --rounds must be >= 1, --iters >= 3, --eval-tasks 0 or >= 2 and --eval-repeats >= 1", file=sys.stderr)
         return 2
     from benchmarks.records import provenance
     from benchmarks.records.rows import write_row
@@ -270,16 +248,19 @@ def main(argv=None) -> int:
             counts = lay_out_small_split(Path(os.environ.get("OMNIGLOT_ROOT") or REPO / "data" / "omniglot"),
                                          Path(tmp) / "omniglot")
             print(f"official code patched into {code}; small split laid out ({counts['train']} training characters)")
-            rounds = []
+            rounds, eval_rounds = [], []
             for r in range(args.rounds):
-                results = {}
-                for who, threads in CONTENDERS:
-                    results[f"{who}/{threads}"] = run_one(who, threads, args, python, code, Path(tmp) / "omniglot")
-                rounds.append(results)
-                report = rounds_report([results])[0]
-                print(f"round {r + 1}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in report["median_s"].items()))
-                print("  same-round ratio to the official code: "
-                      + ", ".join(f"{k} x{v:.2f}" for k, v in report["ratio_to_official"].items()))
+                for evaluation, contenders, kept in ((False, CONTENDERS, rounds), (True, EVAL_CONTENDERS, eval_rounds)):
+                    if evaluation and not args.eval_tasks:
+                        continue
+                    results = {f"{who}/{threads}": run_one(who, threads, args, python, code, Path(tmp) / "omniglot",
+                                                           evaluation) for who, threads in contenders}
+                    kept.append(results)
+                    report = rounds_report([results])[0]
+                    print(f"round {r + 1}, {'per evaluation task' if evaluation else 'per meta-iteration'}: "
+                          + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in report["median_s"].items()))
+                    print("  same-round ratio to the official code: "
+                          + ", ".join(f"{k} x{v:.2f}" for k, v in report["ratio_to_official"].items()))
     except PeerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -302,6 +283,13 @@ def main(argv=None) -> int:
         "median_s": {k: statistics.median(r["median_s"][k] for r in per_round) for k in keys},
         "peak_rss_bytes": {k: max(r[k]["peak_rss_bytes"] for r in rounds) for k in keys},
     }
+    if eval_rounds:
+        per_eval = rounds_report(eval_rounds)
+        report["eval"] = {"tasks": args.eval_tasks, "repeats": args.eval_repeats,
+                          "setting": "5-way 1-shot, 50 Adam steps (lr 0.001, beta1 0) on minibatches of 5, "
+                                     "non-transductive, task sampling included",
+                          "rounds": per_eval,
+                          "median_s": {k: statistics.median(r["median_s"][k] for r in per_eval) for k in per_eval[0]["median_s"]}}
     out = Path(args.out)
     with atomic_write(out / "peers" / "official_reptile.json", "w") as f:
         json.dump(report, f, indent=1)

@@ -7,6 +7,10 @@ patched official modules, builds their ``OmniglotModel`` (Adam, beta1 = 0) and `
 as ``run_omniglot.py`` does, reads the training characters with their ``read_dataset`` + ``augment_dataset``,
 and times ``Reptile.train_step`` (task sampling included, as the official loop runs it) at the paper's
 Omniglot 5-way settings. Prints one JSON object: per-iteration wall and process-CPU seconds.
+
+With ``--tasks N`` it times ``Reptile.evaluate`` instead, as ``run_omniglot.py`` evaluates (5-way 1-shot,
+``--eval-batch 5 --eval-iters 50``, non-transductive: each query image predicted beside the support set),
+``--repeats`` times N tasks after one warm-up task: seconds per task, one figure per repeat.
 """
 import argparse
 import json
@@ -25,6 +29,8 @@ def main():
     ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tasks", type=int, default=0, help="time this many evaluation tasks per repeat instead")
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if args.threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
@@ -38,14 +44,27 @@ def main():
 
     random.seed(args.seed)
     tf.set_random_seed(args.seed)
-    train_set = list(augment_dataset(read_dataset(args.data)))
+    train_set = list(augment_dataset(read_dataset(args.data))) if not args.tasks else list(read_dataset(args.data))
     model = OmniglotModel(5, learning_rate=0.001)
     config = tf.ConfigProto(intra_op_parallelism_threads=args.threads, inter_op_parallelism_threads=args.threads)
     wall, cpu = [], []
     with tf.Session(config=config) as sess:
         reptile = Reptile(sess, transductive=False)
         sess.run(tf.global_variables_initializer())
-        for i in range(args.warmup + args.iters):
+
+        def evaluate_one():
+            reptile.evaluate(train_set, model.input_ph, model.label_ph, model.minimize_op, model.predictions,
+                             num_classes=5, num_shots=1, inner_batch_size=5, inner_iters=50, replacement=False)
+
+        if args.tasks:
+            evaluate_one()  # warm-up
+            for _ in range(args.repeats):
+                w0, c0 = time.perf_counter(), time.process_time()
+                for _ in range(args.tasks):
+                    evaluate_one()
+                wall.append((time.perf_counter() - w0) / args.tasks)
+                cpu.append((time.process_time() - c0) / args.tasks)
+        for i in range(0 if args.tasks else args.warmup + args.iters):
             w0, c0 = time.perf_counter(), time.process_time()
             # The paper's Omniglot 5-way values (--inner-batch 10 --inner-iters 5 --meta-batch 5 --train-shots 10).
             reptile.train_step(train_set, model.input_ph, model.label_ph, model.minimize_op, num_classes=5,

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, reference", "batched": "this project, batched"}
+EVAL_LABELS = {"official": "authors' code (TensorFlow)", "serial": "this project, task by task",
+               "batched": "this project, batched (CPU default)"}
 
 
 def _load(path: Path):
@@ -26,26 +28,35 @@ def official_median(results_dir: Path, threads: str = "1") -> float | None:
     return None if data is None else data["median_s"].get(f"official/{threads}")
 
 
+def _rounds_table(part: dict, labels: dict) -> list[str]:
+    keys = list(part["median_s"])
+    header = ["Round"] + [f"{labels[k.split('/')[0]]}, {'1 thread' if k.endswith('/1') else 'default threads'}"
+                          for k in keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(part["rounds"], 1):
+        cells = []
+        for k in keys:
+            ratio = r["ratio_to_official"].get(k)
+            cells.append(f"{r['median_s'][k] * 1e3:.0f} ms" + (f" (×{ratio:.2f})" if ratio is not None else ""))
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def peer_lines(results_dir: Path, link) -> list[str]:
     path = results_dir / "peers" / "official_reptile.json"
     data = _load(path)
     if data is None:
         return []
-    keys = list(data["median_s"])
-    header = ["Round"] + [f"{LABELS[k.split('/')[0]]}, {'1 thread' if k.endswith('/1') else 'default threads'}"
-                          for k in keys]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, r in enumerate(data["rounds"], 1):
-        cells = []
-        for k in keys:
-            t = r["median_s"][k] * 1e3
-            ratio = r["ratio_to_official"].get(k)
-            cells.append(f"{t:.0f} ms" + (f" (×{ratio:.2f})" if ratio is not None else ""))
-        lines.append(f"| {i} | " + " | ".join(cells) + " |")
-    return [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
-            f"meta-batch 5, task sampling included; medians of {data['iters']} iterations after {data['warmup']}; "
-            f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; × = ratio to the authors' code "
-            f"in the same round; {link(path)}):", "", *lines]
+    out = [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
+           f"meta-batch 5, task sampling included; medians of {data['iters']} iterations after {data['warmup']}; "
+           f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; × = ratio to the authors' code "
+           f"in the same round; {link(path)}):", "", *_rounds_table(data, LABELS)]
+    if "eval" in data:
+        e = data["eval"]
+        out += ["", f"Per evaluation task ({e['setting']}; the authors' `Reptile.evaluate` against this project's "
+                f"evaluator task by task and batched; median of {e['repeats']} repeats of {e['tasks']} tasks; same "
+                "clocks; × = ratio to the authors' code in the same round):", "", *_rounds_table(e, EVAL_LABELS)]
+    return out
 
 
 def profile_lines(results_dir: Path, link) -> list[str]:
