@@ -76,6 +76,7 @@ gpu-import: setup
 peer-official-reptile: setup
 	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
 	$(PY) -m benchmarks.peers.official_reptile --checkout "$(REPTILE_CHECKOUT)"
+	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
 
 clean:
