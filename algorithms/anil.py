@@ -22,15 +22,13 @@ With a body that is not adapted, this is exactly MAML restricted to the head (``
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import higher
 import torch
 from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, check_output_size, checked_metrics, register, task_loss
+from .base import MetaConfig, check_output_size, checked_metrics, register_orders, task_loss
 from .maml import HIGHER_VERSION, MAML
 
 
@@ -98,13 +96,4 @@ class ANIL(MAML):
         return grads, checked_metrics(self, grads, q_losses, support_loss=s_losses)
 
 
-@register("anil")
-def build_anil(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> ANIL:
-    """Second-order ANIL (``first_order`` forced False)."""
-    return ANIL(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("foanil")
-def build_foanil(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> ANIL:
-    """First-order ANIL (``first_order`` forced True)."""
-    return ANIL(model, replace(config, first_order=True), total_iterations, seed)
+register_orders(ANIL, "anil", "foanil")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable
 
 import torch
@@ -221,6 +221,16 @@ def register(name: str, backend: str = "reference"):
         return factory
 
     return deco
+
+
+def register_orders(cls, second: str, first: str, backend: str = "reference", **options) -> None:
+    """Register ``cls`` as ``second`` (``first_order`` forced False) and ``first`` (forced True) for ``backend``:
+    one class, two algorithm names (maml / fomaml, anil / foanil); ``options`` go to ``cls`` as keywords."""
+    for name, first_order in ((second, False), (first, True)):
+        def factory(model, config, total_iterations, seed=0, first_order=first_order):
+            return cls(model, replace(config, first_order=first_order), total_iterations, seed, **options)
+
+        register(name, backend)(factory)
 
 
 def build_learner(config: MetaConfig, model: nn.Module, total_iterations: int, seed: int = 0) -> MetaLearner:

@@ -45,14 +45,12 @@ it (ValueError) rather than silently computing something else.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, checked_metrics, register, task_loss
+from .base import MetaConfig, checked_metrics, register, register_orders, task_loss
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .maml import MAML
 from .minibatch import cycle_minibatches
@@ -240,13 +238,5 @@ def build_batched_reptile(model: nn.Module, config: MetaConfig, total_iterations
     return BatchedReptile(model, config, total_iterations, seed)
 
 
-@register("maml", backend="batched")
-def build_batched_maml(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> BatchedMAML:
-    """Second-order MAML (``first_order`` forced False), Hessian-vector-product chain."""
-    return BatchedMAML(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("fomaml", backend="batched")
-def build_batched_fomaml(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> BatchedMAML:
-    """First-order MAML (``first_order`` forced True)."""
-    return BatchedMAML(model, replace(config, first_order=True), total_iterations, seed)
+# Second-order MAML through the Hessian-vector-product chain; first-order without it.
+register_orders(BatchedMAML, "maml", "fomaml", backend="batched")

@@ -14,15 +14,13 @@ these against in float64.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
 from .anil import ANIL, split_head
-from .base import MetaConfig, checked_metrics, register
+from .base import MetaConfig, checked_metrics, register, register_orders
 from .batched import Chunk, _batched_info, chunks
 from .cg import conjugate_gradient
 from .functional import TaskNet
@@ -143,11 +141,4 @@ def build_batched_imaml(model: nn.Module, config: MetaConfig, total_iterations: 
     return BatchedIMAML(model, config, total_iterations, seed)
 
 
-@register("anil", backend="batched")
-def build_batched_anil(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> BatchedANIL:
-    return BatchedANIL(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("foanil", backend="batched")
-def build_batched_foanil(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> BatchedANIL:
-    return BatchedANIL(model, replace(config, first_order=True), total_iterations, seed)
+register_orders(BatchedANIL, "anil", "foanil", backend="batched")

@@ -26,7 +26,6 @@ task's graph is alive at a time.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
 
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register, task_loss
+from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register_orders, task_loss
 
 HIGHER_VERSION = version("higher")  # the package has no __version__
 
@@ -117,13 +116,4 @@ class MAML(MetaLearner):
         self.outer_optimizer.load_state_dict(state["outer_optimizer"])
 
 
-@register("maml")
-def build_maml(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> MAML:
-    """Second-order MAML (``first_order`` is forced False)."""
-    return MAML(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("fomaml")
-def build_fomaml(model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0) -> MAML:
-    """First-order MAML (``first_order`` is forced True)."""
-    return MAML(model, replace(config, first_order=True), total_iterations, seed)
+register_orders(MAML, "maml", "fomaml")

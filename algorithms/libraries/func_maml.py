@@ -16,15 +16,13 @@ torch.func refuses saved-tensor hooks, so rows of these backends have no autogra
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from datasets.tasks import TaskBatch
 
-from ..base import MetaConfig, checked_metrics, register, task_loss
+from ..base import MetaConfig, checked_metrics, register_orders, task_loss
 from ..maml import MAML
 
 VMAP_BN_ERROR = (
@@ -82,8 +80,5 @@ class FuncMAML(MAML):
         return grads, checked_metrics(self, grads, [loss])
 
 
-for _name, _first in (("maml", False), ("fomaml", True)):
-    for _backend, _vmap in (("torch.func", False), ("torch.func-vmap", True)):
-        register(_name, backend=_backend)(
-            lambda model, config, total, seed=0, f=_first, v=_vmap: FuncMAML(model, replace(config, first_order=f),
-                                                                             total, seed, vmap_tasks=v))
+for _backend, _vmap in (("torch.func", False), ("torch.func-vmap", True)):
+    register_orders(FuncMAML, "maml", "fomaml", backend=_backend, vmap_tasks=_vmap)

@@ -19,12 +19,11 @@ import importlib
 import os
 import sys
 import types
-from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
-from ..base import MetaConfig, register, task_loss
+from ..base import MetaConfig, register_orders, task_loss
 from ..maml import MAML
 from .common import LibraryMissing, accumulate
 
@@ -80,11 +79,4 @@ class Learn2LearnMAML(MAML):
         return accumulate(self, batch, task)
 
 
-@register("maml", backend="learn2learn")
-def build_maml(model, config: MetaConfig, total_iterations: int, seed: int = 0) -> Learn2LearnMAML:
-    return Learn2LearnMAML(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("fomaml", backend="learn2learn")
-def build_fomaml(model, config: MetaConfig, total_iterations: int, seed: int = 0) -> Learn2LearnMAML:
-    return Learn2LearnMAML(model, replace(config, first_order=True), total_iterations, seed)
+register_orders(Learn2LearnMAML, "maml", "fomaml", backend="learn2learn")

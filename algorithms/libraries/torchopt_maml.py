@@ -13,13 +13,11 @@ its Python implementation; every row's ``backend_info`` says which mode ran
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..base import MetaConfig, register, task_loss
+from ..base import MetaConfig, register_orders, task_loss
 from ..maml import MAML
 from .common import LibraryMissing, accumulate
 
@@ -76,11 +74,4 @@ class TorchOptMAML(MAML):
         return accumulate(self, batch, task)
 
 
-@register("maml", backend="torchopt")
-def build_maml(model, config: MetaConfig, total_iterations: int, seed: int = 0) -> TorchOptMAML:
-    return TorchOptMAML(model, replace(config, first_order=False), total_iterations, seed)
-
-
-@register("fomaml", backend="torchopt")
-def build_fomaml(model, config: MetaConfig, total_iterations: int, seed: int = 0) -> TorchOptMAML:
-    return TorchOptMAML(model, replace(config, first_order=True), total_iterations, seed)
+register_orders(TorchOptMAML, "maml", "fomaml", backend="torchopt")
