@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _rows import valid_row
+from _tiny import one_thread  # noqa: F401 (autouse: every test on one thread)
 from algorithms import MetaConfig
 from algorithms.evaluation import EvalConfig
 from benchmarks import cli
@@ -36,14 +37,6 @@ meta_iterations = 2
 train_query = 1
 {extra}
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def suite(tmp_path: Path, text: str) -> Path:

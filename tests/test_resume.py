@@ -19,39 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from _suites import sine_suite
 from benchmarks.records import provenance
 from benchmarks.records.rows import read_curves, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
-SUITE = """
-[defaults]
-dataset = "sine"
-split = "maml"
-ways = 1
-shots = 5
-train_query = 5
-meta_batch = 2
-checkpoint_every = 5
-eval = { num_tasks = 20, query = 20, inner_steps = 3, inner_optimizer = "sgd", inner_lr = 0.01, inner_batch = 0, seed = 100 }
-learner = { inner_steps = 1, inner_lr = 0.01, inner_optimizer = "sgd", meta_lr = 0.01 }
-
-[[group]]
-name = "short-{algorithm}"
-algorithms = ["fomaml"]
-meta_iterations = 3
-
-[[group]]
-name = "long-{algorithm}"
-algorithms = ["maml"]
-meta_iterations = 300
-
-# The same training as long-maml, evaluated with more fine-tuning steps: one training serves both.
-[[group]]
-name = "long2-{algorithm}"
-algorithms = ["maml"]
-meta_iterations = 300
-eval = { num_tasks = 20, query = 20, inner_steps = 6, inner_optimizer = "sgd", inner_lr = 0.01, inner_batch = 0, seed = 100 }
-"""
+SUITE = sine_suite(["fomaml"], 300)
 CELLS = ["long-maml", "long2-maml", "short-fomaml"]
 COMPARED = ["cell", "iterations_run", "complete", "metric_mean", "metric_ci95", "final_train_loss", "config_hash",
             "training_key", "training_cells"]

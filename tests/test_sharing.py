@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from _tiny import one_thread  # noqa: F401 (autouse: every test on one thread)
 from algorithms import MetaConfig
 from algorithms.evaluation import EvalConfig
 from benchmarks import cli
@@ -22,14 +23,6 @@ from benchmarks.running import runner
 from benchmarks.running.config import CellConfig
 from benchmarks.running.suites import load_suite
 from benchmarks.running.trainings import group, training_key
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sine_cell(name: str, **over) -> CellConfig:
