@@ -149,22 +149,24 @@ def run(args: argparse.Namespace) -> int:
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
     on_cluster = args.launcher == "submitit"
+    on_slurm = on_cluster and args.cluster == "slurm"
     if on_cluster and args.max_minutes is not None:
         raise UsageError("--max-minutes is the local launcher's budget; on a cluster give each job --slurm-time")
     if not on_cluster and (args.no_wait or args.cluster != "slurm"):
         raise UsageError("--no-wait and --cluster go with --launcher submitit")
     # A SLURM login node need not see the GPUs its jobs will run on.
     cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device,
-                        check_cuda=not (on_cluster and args.cluster == "slurm"))
+                        check_cuda=not on_slurm)
     out = Path(args.out)
     suite = suite_name(args.suite)
     folder = out / suite
-    if on_cluster and args.cluster == "slurm":
-        import shutil
+    if on_slurm:
+        from benchmarks.running import cluster
 
-        if shutil.which("sbatch") is None:
-            raise UsageError("--launcher submitit: no SLURM on this machine (sbatch not found); pass --cluster local "
-                             "to run the same jobs as local processes, or run on a SLURM login node")
+        try:
+            cluster.check_slurm()
+        except cluster.ClusterError as e:
+            raise UsageError(str(e)) from None
         check_shared(out)
     check_writable(folder)
     if len({c.device for c in cells}) > 1:
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     git_state = provenance.git_state(exclude=out)
     # The name each row will carry (the runner sets --threads before naming its device).
     device_label = (provenance.device_name(device, args.threads or None)
-                    if not (device.startswith("cuda") and on_cluster and args.cluster == "slurm") else None)
+                    if not (device.startswith("cuda") and on_slurm) else None)
     done = completed_hashes(folder / ROWS_FILE, git_state, device_label)  # also refuses a rows file of another schema
     check_scores_file(folder)
     pending = [c for c in cells if c.config_hash() not in done]
@@ -290,7 +292,8 @@ def run_on_cluster(args, trainings: list[Training], out: Path, git_state: dict, 
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     suite = suite_name(args.suite)
     registry = cluster.registry(out / suite / "submitit") if trainings else {}
-    running = [t for t in trainings if cluster.status(t, out, registry.get(t.key))[0] == "running"]
+    done = cluster.finished_hashes(out, suite) if trainings else set()
+    running = [t for t in trainings if cluster.status(t, out, registry.get(t.key), done)[0] == "running"]
     todo = [t for t in trainings if t not in running]
     for t in running:
         print(f"still running, not resubmitted: {t.name} (job {registry.get(t.key, {}).get('job_id', '?')})")

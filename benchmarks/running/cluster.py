@@ -71,13 +71,19 @@ class SlurmSettings:
         return s
 
 
+def check_slurm() -> None:
+    """ClusterError unless SLURM's ``sbatch`` is on this machine's PATH."""
+    if shutil.which("sbatch") is None:
+        raise ClusterError("--launcher submitit: no SLURM on this machine (sbatch not found); pass --cluster local to "
+                           "run the same jobs as local processes, or run on a SLURM login node")
+
+
 def executor(folder: Path, cluster: str, slurm: SlurmSettings):
     """A submitit executor for ``cluster`` (``slurm``, or ``local``: the same jobs as local processes)."""
     import submitit
 
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ClusterError("--launcher submitit: no SLURM on this machine (sbatch not found); pass --cluster local to "
-                           "run the same jobs as local processes, or run on a SLURM login node")
+    if cluster == "slurm":
+        check_slurm()
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)  # one folder per job, named by its id
     params: dict[str, Any] = {"timeout_min": slurm.time_minutes, "cpus_per_task": slurm.cpus,
                               "gpus_per_node": slurm.gpus, "tasks_per_node": 1, "nodes": 1,
@@ -133,11 +139,15 @@ def save_registry(folder: Path, jobs: dict[str, dict]) -> None:
         json.dump(jobs, f, indent=1, sort_keys=True)
 
 
-def status(training: Training, out: Path, entry: dict | None) -> tuple[str, str]:
-    """(finished | failed | running | not started, detail) of one training, from rows, lock and job files."""
-    folder = out / training.first.suite
-    rows = read_rows_or_empty(folder / ROWS_FILE)
-    done = set(rows.loc[rows.complete == True, "config_hash"].astype(str))  # noqa: E712
+def finished_hashes(out: Path, suite: str) -> set[str]:
+    """Config hashes of the complete rows of ``suite`` under ``out`` (read once for all its trainings)."""
+    rows = read_rows_or_empty(out / suite / ROWS_FILE)
+    return set(rows.loc[rows.complete == True, "config_hash"].astype(str))  # noqa: E712
+
+
+def status(training: Training, out: Path, entry: dict | None, done: set[str]) -> tuple[str, str]:
+    """(finished | failed | running | not started, detail) of one training, from its rows (``done``:
+    ``finished_hashes``), its lock and its job files."""
     if all(c.config_hash() in done for c in training.cells):
         return "finished", ""
     lock = checkpoints.checkpoint_path(out, training.first.suite, training.key).with_suffix(".lock")
@@ -215,10 +225,11 @@ def report(trainings: list[Training], out: Path) -> tuple[dict[str, list[str]], 
     """{state: [training lines]} of every training, and the lines to print."""
     if not trainings:
         return {}, ["nothing to report: no cells selected"]
-    jobs = registry(out / trainings[0].first.suite / "submitit")
+    suite = trainings[0].first.suite
+    jobs, done = registry(out / suite / "submitit"), finished_hashes(out, suite)
     states: dict[str, list[str]] = {}
     for t in trainings:
-        state, detail = status(t, out, jobs.get(t.key))
+        state, detail = status(t, out, jobs.get(t.key), done)
         states.setdefault(state, []).append(f"{t.name}{f': {detail}' if detail else ''}")
     lines = []
     for state in ("finished", "running", "failed", "not started"):
