@@ -90,7 +90,6 @@ class DataParallel:
     def __init__(self, learner: MetaLearner, ranks: Ranks):
         self.learner, self.ranks = learner, ranks
         self.params = list(learner.model.parameters())
-        self.floats_per_step = sum(p.numel() for p in self.params)
 
     def __getattr__(self, name):
         return getattr(self.learner, name)
