@@ -20,6 +20,7 @@ from collections import deque
 from typing import Callable
 
 from benchmarks.records import provenance
+from benchmarks.running.process import die_with_parent
 from benchmarks.running.trainings import Training
 
 POLL_S = 0.05
@@ -57,15 +58,7 @@ def spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start one training process (tests replace this). torchrun, which cannot be told to die with the CLI,
     gets the kernel's parent-death signal before it starts (its ranks in turn die with it)."""
     torchrun = "torch.distributed.run" in cmd
-    return subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent if torchrun else None)
-
-
-def _die_with_parent() -> None:
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent if torchrun else None)
 
 
 def run_local(trainings: list[Training], command_for: Callable[[Training, dict], list[str]], jobs: int,

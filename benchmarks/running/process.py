@@ -27,14 +27,20 @@ def show_progress() -> bool:
     return quiet() is None and sys.stderr.isatty()
 
 
-def bind_to_parent(parent_pid: int) -> None:
-    """Die with the parent (Linux: PR_SET_PDEATHSIG); exit now if the parent is already gone."""
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when this process's parent dies (Linux: PR_SET_PDEATHSIG; elsewhere nothing).
+    Kept across exec: ``launch.spawn`` calls it in a child before torchrun starts."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):  # no prctl: the CLI's signal forwarding still applies
             pass
+
+
+def bind_to_parent(parent_pid: int) -> None:
+    """Die with the parent (``die_with_parent``); exit now if the parent is already gone."""
+    die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         print(f"the run that started this process (pid {parent_pid}) is gone; exiting", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
