@@ -87,5 +87,4 @@ def lines(results_dir: Path, rows: pd.DataFrame) -> list[str]:
             f"({limits.get('device', '?')}, {limits.get('clock', '?')}); memory from the scaling sweep's rows "
             "(peak memory: the cell process's peak RSS on CPU). The finite-difference error is that of a central "
             "difference (eps = 1e-7), the floor of what it can resolve. * vmap's batch-norm rule is wrong here.")
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        table_markdown(header, body).splitlines()[2:] + ["", note]
+    return table_markdown(header, body).splitlines() + ["", note]
