@@ -106,6 +106,8 @@ def _batched_info(net: TaskNet, model: nn.Module) -> str:
 class BatchedReptile(Reptile):
     """Reptile with the tasks of a meta-batch adapted in chunks (see the module docstring)."""
 
+    TASK_BY_TASK = False  # its own functional Adam and stacked weights: neither choice applies
+
     def __init__(self, model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0, conv_mode: str = "auto"):
         if config.persist_inner_state and config.inner_optimizer == "adam":
             raise ValueError(

@@ -11,6 +11,7 @@ what makes the transductive / non-transductive distinction matter.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -45,6 +46,21 @@ class SineMLP(nn.Sequential):
 
 
 MODELS = {"omniglot": OmniglotCNN, "miniimagenet": MiniImageNetCNN, "sine": SineMLP}
+
+
+def channels_last_on_cpu(model: nn.Module) -> bool:
+    """Put a CNN's weights in channels-last memory format when it runs on CPU in float32; say whether it did.
+
+    The maths is the same; oneDNN then runs NHWC kernels, which round float32 sums in another order.
+    The module's parameters stay the same objects (create an optimiser after this call, for its state's layout).
+    """
+    params = list(model.parameters())
+    if not params or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
 
 
 def build_model(dataset: str, ways: int) -> nn.Module:

@@ -128,3 +128,66 @@ def test_cycle_minibatches_uses_every_example_once_per_pass():
     assert sorted(order[10:20].tolist()) == list(range(10))  # second pass (spans batches 3..5)
     whole = list(cycle_minibatches(n=7, batch_size=0, num_batches=2, generator=g))
     assert all(sorted(b.tolist()) == list(range(7)) for b in whole)
+
+
+def _foreach_contiguous(learner):
+    """The learner as it ran before the fused Adam and channels-last choices."""
+    learner.model.to(memory_format=torch.contiguous_format)
+    c = learner.config
+    learner.inner_optimizer = torch.optim.Adam(learner.model.parameters(), lr=c.inner_lr, betas=(c.adam_beta1, 0.999),
+                                               foreach=True)
+    return learner
+
+
+def test_a_float32_cnn_on_cpu_trains_channels_last_with_the_fused_adam_and_the_rows_say_so():
+    learner = reptile(tiny_bn_net().float())
+    conv = learner.model[0].weight
+    assert learner.channels_last and conv.stride(1) == 1 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert learner.inner_optimizer.defaults["fused"] is True
+    assert "fused inner Adam" in learner.backend_info() and "channels-last" in learner.backend_info()
+    # Float64 runs PyTorch's own convolutions, a network without convolutions has no layout to choose.
+    assert not reptile(tiny_bn_net()).channels_last
+    mlp = reptile(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)))
+    assert not mlp.channels_last and "channels-last" not in mlp.backend_info()
+
+
+def test_the_fused_adam_is_the_same_maths_as_the_per_tensor_one_in_float64():
+    """Only rounding differs: three meta-steps of 3 inner Adam steps agree to 1e-10 in float64."""
+    batches = [tiny_classification_batch(tasks=2, shots=4, seed=s) for s in range(3)]
+    kw = dict(inner_steps=3, inner_batch=5, inner_lr=0.01)
+    fused, before = reptile(tiny_bn_net(), **kw), _foreach_contiguous(reptile(tiny_bn_net(), **kw))
+    assert fused.inner_optimizer.defaults["fused"] and not before.inner_optimizer.defaults["fused"]
+    start = flat(fused.model.parameters()).clone()
+    for b in batches:
+        fused.meta_step(b)
+        before.meta_step(b)
+    assert (flat(fused.model.parameters()) - start).abs().max() > 1e-3  # the steps moved the weights
+    torch.testing.assert_close(flat(fused.model.parameters()), flat(before.model.parameters()), rtol=0, atol=1e-10)
+
+
+def test_channels_last_and_the_fused_adam_change_float32_rounding_only():
+    """One meta-step in float32 on a 64-filter conv net: the same result as before both choices, to rounding.
+
+    Except the convolution's bias: batch norm subtracts it again, so its gradient is rounding noise
+    alone, and Adam's normalised step moves it by about the learning rate whatever that noise is (the
+    reason every float32 number of a Reptile cell moves when rounding does)."""
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, stride=2, padding=1),
+                                   torch.nn.BatchNorm2d(64, track_running_stats=False), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(64 * 3 * 3, 3))
+    batch = tiny_classification_batch(tasks=2, shots=4).to("cpu", dtype=torch.float32)
+    kw = dict(inner_steps=3, inner_batch=5, inner_lr=0.01)
+    now, before = reptile(net(), **kw), _foreach_contiguous(reptile(net(), **kw))
+    now.meta_step(batch)
+    before.meta_step(batch)
+    rest = [name for name, _ in now.model.named_parameters() if name != "0.bias"]
+    now_p, before_p = dict(now.model.named_parameters()), dict(before.model.named_parameters())
+    torch.testing.assert_close(flat(now_p[n] for n in rest), flat(before_p[n] for n in rest), rtol=1e-4, atol=1e-5)
+    assert (now_p["0.bias"] - before_p["0.bias"]).abs().max() <= 3 * kw["inner_lr"] * kw["inner_steps"]
+
+
+def test_the_batched_backend_keeps_its_own_layout_and_adam():
+    learner = build_learner(MetaConfig(algorithm="reptile", backend="batched", persist_inner_state=False),
+                            tiny_bn_net().float(), total_iterations=10)
+    assert not learner.channels_last and learner.model[0].weight.is_contiguous()

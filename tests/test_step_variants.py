@@ -24,18 +24,17 @@ def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(
         torch.set_num_threads(before)
     report = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())
     variants = report["variants"]
-    assert set(variants) == {"as run", "for-loop Adam", "channels_last", "oneDNN off", "compiled step"}
+    assert set(variants) == {"as run", "foreach Adam", "contiguous", "before", "oneDNN off", "compiled step"}
     assert "error" not in variants["compiled step"], variants["compiled step"]  # Inductor compiles here
-    # foreach runs the same per-tensor kernels: the code's claim that the switch kept the numbers.
     assert variants["as run"]["max_param_diff_vs_as_run"] == 0.0
-    assert variants["for-loop Adam"]["max_param_diff_vs_as_run"] == 0.0
     assert all(v["step_s_median"] > 0 and len(v["ratio_to_as_run_rounds"]) == 1 and v["warmup_s"] > 0
                for v in variants.values())
-    # Compiled kernels round float32 differently: the report must say the numbers moved, not hide it.
-    assert variants["compiled step"]["max_param_diff_vs_as_run"] > 0
+    # The previous choices and compiled kernels round float32 differently: the report must say the numbers moved.
+    for name in ("foreach Adam", "contiguous", "before", "compiled step"):
+        assert variants[name]["max_param_diff_vs_as_run"] > 0, name
     lines = variants_lines(tmp_path, lambda p: str(p))
-    row = next(line for line in lines if line.startswith("| for-loop Adam |"))
-    assert "yes (bit-identical)" in row
+    assert "yes (bit-identical)" in next(line for line in lines if line.startswith("| as run |"))
+    assert "no (parameters differ" in next(line for line in lines if line.startswith("| before |"))
     assert variants_lines(tmp_path / "nothing", str) == []
 
 

@@ -21,10 +21,15 @@ import time
 
 import torch
 
+from benchmarks.running.allocator import keep_freed_memory
 
-def _threads(threads: int) -> None:
+
+def _threads(threads: int) -> str:
+    """Set torch's threads; set the allocator as the cell processes do; return what the allocator does."""
+    allocator = keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
+    return allocator
 
 
 def train(backend: str, threads: int, iters: int, warmup: int) -> dict:
@@ -32,7 +37,7 @@ def train(backend: str, threads: int, iters: int, warmup: int) -> dict:
     from algorithms import MetaConfig, build_learner, build_model
     from datasets import load_pool
 
-    _threads(threads)
+    allocator = _threads(threads)
     pool = load_pool("omniglot", "small", "train")
     torch.manual_seed(0)
     config = MetaConfig(algorithm="reptile", backend=backend, inner_steps=5, inner_lr=0.001, inner_optimizer="adam",
@@ -41,13 +46,21 @@ def train(backend: str, threads: int, iters: int, warmup: int) -> dict:
     learner = build_learner(config, build_model("omniglot", 5), 100_000, seed=0)
     wall, cpu = [], []
     for i in range(warmup + iters):
+        if i == warmup:
+            faults = _minor_faults()
         w0, c0 = time.perf_counter(), time.process_time()
         learner.meta_step(pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)))
         if i >= warmup:
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
     return {"implementation": backend, "torch": torch.__version__, "threads": threads, "wall_s": wall, "cpu_s": cpu,
+            "minor_faults_per_iteration": (_minor_faults() - faults) / iters, "allocator": allocator,
+            "backend_info": learner.backend_info(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def evaluation(evaluator: str, threads: int, tasks: int, repeats: int) -> dict:
@@ -56,7 +69,7 @@ def evaluation(evaluator: str, threads: int, tasks: int, repeats: int) -> dict:
     from algorithms.evaluation import EvalConfig, evaluate
     from datasets import load_pool
 
-    _threads(threads)
+    allocator = _threads(threads)
     pool = load_pool("omniglot", "small", "test")
     torch.manual_seed(0)
     model = build_model("omniglot", 5)  # untrained: fine-tuning costs the same whatever the weights
@@ -74,7 +87,7 @@ def evaluation(evaluator: str, threads: int, tasks: int, repeats: int) -> dict:
         wall.append((time.perf_counter() - w0) / tasks)
         cpu.append((time.process_time() - c0) / tasks)
     return {"implementation": evaluator, "torch": torch.__version__, "threads": threads, "wall_s": wall, "cpu_s": cpu,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "allocator": allocator, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main(argv=None) -> int:
@@ -92,6 +105,8 @@ def main(argv=None) -> int:
         p.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
     a = ap.parse_args(argv)
     if a.what == "train":
+        if a.iters < 1 or a.warmup < 0:
+            ap.error("--iters must be >= 1 and --warmup >= 0")
         print(json.dumps(train(a.backend, a.threads, a.iters, a.warmup)))
     else:
         if a.tasks < 2 or a.repeats < 1:

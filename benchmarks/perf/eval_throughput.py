@@ -27,6 +27,7 @@ from algorithms import build_model
 from algorithms import batched_eval
 from algorithms.evaluation import EvalConfig, evaluate
 from benchmarks.records.provenance import measurement, device_name, write_json
+from benchmarks.running.allocator import keep_freed_memory
 from datasets.tasks import ClassPool
 
 PROTOCOLS = {
@@ -132,6 +133,7 @@ def main(argv=None) -> dict:
         raise SystemExit("--device cuda: no CUDA device is visible to torch")
     if args.tasks < 2 or args.repeats < 1:
         raise SystemExit("--tasks must be >= 2 and --repeats >= 1")
+    keep_freed_memory()
     if args.device == "cpu":
         torch.set_num_threads(1)
     report = measurement(device_name(args.device), task_batch=batched_eval.TASK_BATCH)

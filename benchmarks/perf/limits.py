@@ -58,6 +58,7 @@ from algorithms.libraries import LibraryMissing
 from algorithms.libraries.func_maml import func_meta_gradient
 from benchmarks.running.measure import autograd_saved_bytes, synchronize
 from benchmarks.records.provenance import measurement, device_name, write_json
+from benchmarks.running.allocator import keep_freed_memory
 from datasets.tasks import TaskBatch
 
 T, WAYS = 5, 5
@@ -259,6 +260,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--repeats {args.repeats}: give 1 or more timed meta-steps per contender")
     if args.threads < 1:
         raise SystemExit(f"--threads {args.threads}: give 1 or more (torch intra-op threads on CPU)")
+    keep_freed_memory()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)  # 1 by default: PITFALLS section 4, shared noisy cores
     # With one intra-op thread torch computes in this thread, and its CPU time leaves out the time other

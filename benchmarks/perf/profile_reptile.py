@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from algorithms import MetaConfig, build_learner, build_model
 from benchmarks.records.provenance import measurement, device_name, write_json
+from benchmarks.running.allocator import keep_freed_memory
 
 KINDS = [  # (kind, op names it covers); first match wins
     ("convolution backward", ("aten::convolution_backward",)),
@@ -40,6 +41,7 @@ def setup(num_batches: int = 64):
     """The default suite's Reptile learner (seed 0) and ``num_batches`` meta-batches of its tasks."""
     from datasets import load_pool
 
+    keep_freed_memory()
     torch.set_num_threads(1)
     pool = load_pool("omniglot", "small", "train")
     torch.manual_seed(0)

@@ -6,9 +6,10 @@ The meta-step of ``benchmarks.perf.profile_reptile`` (the default suite's Reptil
 Adam kept across tasks, Omniglot-small 5-way, 10 shots, meta-batch 5, 5 inner Adam steps on minibatches of
 10), at 1 thread, under each variant:
 
-- ``as run``: what the default suite runs (torch.optim.Adam with ``foreach=True``);
-- ``for-loop Adam``: the inner Adam with ``foreach=False`` (the previous code; same kernels per tensor);
-- ``channels_last``: the network's weights (so its activations) in channels-last memory format;
+- ``as run``: what the default suite runs (torch's fused Adam kernel, weights channels-last on CPU);
+- ``foreach Adam``: the inner Adam as ``torch._foreach_*`` ops (the per-tensor kernels of its default path);
+- ``contiguous``: the network's weights (so its activations) in the default NCHW format;
+- ``before``: both of the two above, the meta-step as the default suite ran it before those two choices;
 - ``oneDNN off``: ``torch.backends.mkldnn`` disabled (PyTorch's own CPU convolutions);
 - ``compiled step``: the whole inner step compiled: ``torch.compile`` of the network (its forward and, through
   AOTAutograd, its backward) and of the inner Adam's ``step`` (one fused kernel instead of a loop over tensors).
@@ -39,16 +40,22 @@ from benchmarks.perf.profile_reptile import setup
 from benchmarks.records.provenance import measurement, device_name, write_json
 
 
-def _for_loop_adam(learner):
+def _foreach_adam(learner):
     c = learner.config
     learner.inner_optimizer = torch.optim.Adam(learner.model.parameters(), lr=c.inner_lr,
-                                               betas=(c.adam_beta1, 0.999), foreach=False)
+                                               betas=(c.adam_beta1, 0.999), foreach=True)
     return contextlib.nullcontext
 
 
-def _channels_last(learner):
-    learner.model.to(memory_format=torch.channels_last)  # before the inner Adam creates its state
+def _contiguous(learner):
+    learner.model.to(memory_format=torch.contiguous_format)
+    learner.inner_optimizer = learner._new_inner_optimizer()  # its state in the same layout as the weights
     return contextlib.nullcontext
+
+
+def _before(learner):
+    _contiguous(learner)
+    return _foreach_adam(learner)
 
 
 @contextlib.contextmanager
@@ -69,8 +76,8 @@ def _compiled_step(learner):
     return contextlib.nullcontext
 
 
-VARIANTS = {"as run": lambda learner: contextlib.nullcontext, "for-loop Adam": _for_loop_adam,
-            "channels_last": _channels_last, "oneDNN off": _onednn_off, "compiled step": _compiled_step}
+VARIANTS = {"as run": lambda learner: contextlib.nullcontext, "foreach Adam": _foreach_adam, "contiguous": _contiguous,
+            "before": _before, "oneDNN off": _onednn_off, "compiled step": _compiled_step}
 
 
 def measure(rounds: int, steps: int, warmup: int = 2) -> dict:

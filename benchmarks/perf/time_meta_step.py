@@ -23,6 +23,7 @@ import torch
 from algorithms import MetaConfig, build_learner
 from algorithms.models import OmniglotCNN
 from benchmarks.running.measure import StepTimes
+from benchmarks.running.allocator import keep_freed_memory
 from datasets.tasks import ClassPool
 
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pool = ClassPool(torch.rand(100, 20, 1, 28, 28, generator=torch.Generator().manual_seed(0)), rotations=4, name="random-omniglot")

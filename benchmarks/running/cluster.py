@@ -111,6 +111,9 @@ class TrainingJob:
         from benchmarks.running.config import CellConfig
         from benchmarks.running.runner import run_training
 
+        from benchmarks.running.allocator import keep_freed_memory
+
+        keep_freed_memory()
         if self.threads:
             torch.set_num_threads(self.threads)
         cells = [CellConfig.from_dict(d).validate() for d in self.cells]

@@ -25,6 +25,7 @@ import torch
 from algorithms import build_learner, build_model
 from algorithms.evaluation import evaluate
 from benchmarks.records import provenance
+from benchmarks.running.allocator import keep_freed_memory
 from benchmarks.records.collect import load_rows
 from benchmarks.running.config import CellConfig
 from benchmarks.running.trainings import group
@@ -121,6 +122,7 @@ def report(cells: list[CellConfig], results: Path, probe: bool = True, threads: 
     if not cells:
         return "no cells"
     device = cells[0].device
+    keep_freed_memory()  # the probe times steps as the cell processes run them
     if device == "cpu" and threads:
         torch.set_num_threads(threads)
     label = provenance.device_name(device, threads or None)

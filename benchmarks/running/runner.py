@@ -43,6 +43,7 @@ from tqdm import tqdm
 from algorithms import DivergedError, build_learner, build_model
 from algorithms.base import task_loss
 from algorithms.evaluation import evaluate
+from benchmarks.running.allocator import keep_freed_memory
 from algorithms.libraries import LibraryMissing
 from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, write_result  # noqa: F401 (ROWS_FILE: for callers)
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             per = max(1, args.threads)
             cores = [cores[(ranks.local_rank * per + k) % len(cores)] for k in range(per)]
         pin_cpus(",".join(cores))
+    keep_freed_memory()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     git = json.loads(args.git_json) if args.git_json else provenance.git_state(exclude=args.out)

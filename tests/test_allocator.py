@@ -1,0 +1,80 @@
+"""Keeping freed memory (benchmarks/running/allocator.py): page faults go, results stay bit for bit.
+
+Each setting runs in its own process (glibc's thresholds are per process): 30 inner Adam steps of the
+Omniglot net on random images, about 2 s each.
+
+    .venv/bin/python -m pytest -q tests/test_allocator.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.perf import allocator as allocator_perf
+from benchmarks.records.provenance import REPO_ROOT
+from benchmarks.running import allocator
+
+STEPS = """
+import hashlib, json, resource, torch
+import torch.nn.functional as F
+from algorithms import build_model
+from benchmarks.running.allocator import keep_freed_memory
+said = keep_freed_memory()
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = build_model("omniglot", 5)
+adam = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.0, 0.999))
+x, y = torch.randn(10, 1, 28, 28), torch.arange(5).repeat(2)
+def step():
+    loss = F.cross_entropy(net(x), y)
+    adam.zero_grad()
+    loss.backward()
+    adam.step()
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(30):
+    step()
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 30
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
+print(json.dumps({"said": said, "faults": faults, "digest": digest}))
+"""
+
+
+def _run(setting: str) -> dict:
+    env = {**os.environ, allocator.ENV: setting}
+    p = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, env=env, cwd=REPO_ROOT, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_keeping_freed_memory_removes_the_page_faults_of_a_step_and_changes_no_bit():
+    default, kept = _run("default"), _run("")
+    assert default["said"].startswith("glibc defaults") and kept["said"].startswith("freed memory kept")
+    assert default["faults"] > 50, default  # the trimmed heap is faulted back in at every step
+    assert kept["faults"] < default["faults"] / 10, (kept, default)
+    assert kept["digest"] == default["digest"]
+
+
+def test_the_environment_variable_leaves_the_defaults(monkeypatch):
+    monkeypatch.setenv(allocator.ENV, "default")
+    assert allocator.keep_freed_memory() == "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)"
+
+
+def test_the_side_by_side_command_writes_both_settings(tmp_path, capsys):
+    report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--json", str(tmp_path / "allocator.json")])
+    saved = json.loads((tmp_path / "allocator.json").read_text())
+    assert saved["rounds"][0]["allocator"] == {"glibc defaults": "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)",
+                                               "freed memory kept": allocator.keep_freed_memory()}
+    assert report["ratio_median"] > 0 and "kept / defaults" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--iters"])
+def test_fewer_than_one_round_or_iteration_is_refused(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        allocator_perf.main([flag, "0"])
+    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
