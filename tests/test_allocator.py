@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks.perf import allocator as allocator_perf
 from benchmarks.records.provenance import REPO_ROOT
+from benchmarks.reporting.against_official import allocator_lines
 from benchmarks.running import allocator
 
 STEPS = """
@@ -65,12 +66,16 @@ def test_the_environment_variable_leaves_the_defaults(monkeypatch):
     assert allocator.keep_freed_memory() == "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)"
 
 
-def test_the_side_by_side_command_writes_both_settings(tmp_path, capsys):
-    report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--json", str(tmp_path / "allocator.json")])
-    saved = json.loads((tmp_path / "allocator.json").read_text())
+def test_the_side_by_side_command_writes_both_settings_and_the_readme_renders_them(tmp_path, capsys):
+    path = tmp_path / "profile" / "allocator_cpu.json"
+    report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--json", str(path)])
+    saved = json.loads(path.read_text())
     assert saved["rounds"][0]["allocator"] == {"glibc defaults": "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)",
                                                "freed memory kept": allocator.keep_freed_memory()}
     assert report["ratio_median"] > 0 and "kept / defaults" in capsys.readouterr().out
+    lines = allocator_lines(tmp_path, str)
+    assert lines[0].startswith("Freed memory kept by glibc") and lines[-1].startswith("| 1 | ")
+    assert allocator_lines(tmp_path / "nothing", str) == []
 
 
 @pytest.mark.parametrize("flag", ["--rounds", "--iters"])

@@ -98,3 +98,21 @@ def variants_lines(results_dir: Path, link) -> list[str]:
             "", "| Variant | Median per meta-step | × as run (median; per round) | Same numbers as run "
             "| First meta-steps (wall, compilation included) |",
             "|---|---|---|---|---|", *rows]
+
+
+def allocator_lines(results_dir: Path, link) -> list[str]:
+    """Keeping freed memory (``benchmarks.perf.allocator``): the meta-step with glibc's defaults and as run, per round."""
+    path = results_dir / "profile" / "allocator_cpu.json"
+    data = _load(path)
+    if data is None:
+        return []
+    rows = []
+    for i, r in enumerate(data["rounds"], 1):
+        ms, faults = r["median_s"], r["minor_faults_per_iteration"]
+        rows.append(f"| {i} | {ms['glibc defaults'] * 1e3:.1f} ms ({faults['glibc defaults']:.0f}) "
+                    f"| {ms['freed memory kept'] * 1e3:.1f} ms ({faults['freed memory kept']:.0f}) | ×{r['ratio']:.2f} |")
+    return [f"Freed memory kept by glibc (`python -m benchmarks.perf.allocator`: the same meta-step in fresh processes "
+            f"taking turns, {data['iters']} meta-iterations each, {data['clock']}, {data['device']}; median ×"
+            f"{data['ratio_median']:.2f}; same bits either way; {link(path)}):", "",
+            "| Round | glibc defaults (page faults per meta-iteration) | as run: freed memory kept (page faults) "
+            "| × defaults |", "|---|---|---|---|", *rows]

@@ -205,6 +205,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
     variants = against_official.variants_lines(results_dir, link)
     if variants:
         out += [*variants, ""]
+    kept = against_official.allocator_lines(results_dir, link)
+    if kept:
+        out += [*kept, ""]
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]
