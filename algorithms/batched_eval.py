@@ -13,7 +13,8 @@ statistics, exactly as the serial evaluator's one-task batches do.
 - regression (sine): the MSE of each task's query set.
 
 In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). On CPU the
-network runs task by task (``CONV_MODE``), so float32 scores are bit-identical too. On CUDA a grouped
+network runs task by task (``CONV_MODE``) on the serial evaluator's memory layout, and Adam is the fused
+kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too. On CUDA a grouped
 convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
 are within rounding; ``python -m benchmarks.perf.eval_throughput --agreement`` counts such flips on the
 default suite's pools, for both modes.
@@ -24,11 +25,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .minibatch import cycle_minibatches
+from .models import channels_last_applies
 
 TASK_BATCH = {"cpu": 25, "cuda": 500}
 """Tasks fine-tuned together per device type (memory grows linearly with it)."""
@@ -68,9 +70,15 @@ def evaluate_batched(model: nn.Module, pool, ways: int, shots: int, config: Eval
 
 
 def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: range, diverge_factor) -> list:
-    """Each task's weights after ``config.inner_steps`` optimiser steps on its support set ([T, *shape] each)."""
+    """Each task's weights after ``config.inner_steps`` optimiser steps on its support set ([T, *shape] each).
+
+    Where the serial evaluator keeps a CNN's weights channels-last (``models.channels_last_applies``), each
+    task's slice of a stacked 4-D weight is laid out channels-last too, so the loop mode runs the very same
+    kernels on the very same memory layout.
+    """
     T = len(indices)
-    fast = [t.clone() for t in net.stack(theta, T)]
+    layout = per_task_channels_last if channels_last_applies(net.model) else torch.Tensor.clone
+    fast = [layout(t) if t.dim() == 5 else t.clone() for t in net.stack(theta, T)]
     if config.inner_steps == 0:
         return fast
     x, y = batch.support_x, batch.support_y
@@ -81,24 +89,39 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     # Only the adapted tensors (all, or the head's: EvalConfig.adapt_head_modules) get gradients and steps.
     n = len(fast) - len(adapted_parameters(net.model, config.adapt_head_modules))
     frozen, fast = fast[:n], fast[n:]
-    flat, fast = flat_views(fast)
-    # On CPU torch.optim.Adam's own ops (bit-identical to the serial evaluator); elsewhere the fused kernel.
-    exact = x.device.type == "cpu"
-    adam = AdamState([flat], config.inner_lr, config.adam_beta1, exact=exact) if config.inner_optimizer == "adam" else None
+    # On CPU the fused kernel on each task's own tensors: the serial evaluator's very updates, bit for bit
+    # (on one flat tensor its vector and scalar parts would fall on other elements). Elsewhere one flat tensor.
+    per_task = x.device.type == "cpu"
+    if per_task:
+        params = [w[t] for w in fast for t in range(T)]
+    else:
+        flat, fast = flat_views(fast)
+        params = [flat]
+    adam = AdamState(params, config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
     first = last = None
     for k in range(config.inner_steps):
         leaves = [w.detach().requires_grad_() for w in fast]
         losses, _ = net.task_losses(frozen + leaves, x[rows, idx[:, k]], y[rows, idx[:, k]])
         grads = torch.autograd.grad(losses.sum(), leaves)
         with torch.no_grad():
+            if per_task:  # each gradient in its weight's memory layout, as autograd hands the serial optimiser
+                grads = [g if g.stride() == w.stride() else torch.empty_like(w).copy_(g) for w, g in zip(fast, grads)]
             if adam is None:
                 sgd_(fast, list(grads), config.inner_lr)
+            elif per_task:
+                adam.step_(params, [g[t] for g in grads for t in range(T)])
             else:
                 adam.step_([flat], [torch.cat([g.reshape(-1) for g in grads])])
         last = losses.detach()
         first = last if first is None else first
     check_fine_tuning(first, last, indices.start, diverge_factor)
     return frozen + fast
+
+
+def per_task_channels_last(stacked: Tensor) -> Tensor:
+    """A copy of stacked 4-D weights ``[T, O, I, kh, kw]`` whose every task slice is channels-last."""
+    T, O, I, kh, kw = stacked.shape
+    return torch.empty((T, O, kh, kw, I), dtype=stacked.dtype, device=stacked.device).permute(0, 1, 4, 2, 3).copy_(stacked)
 
 
 @torch.no_grad()

@@ -41,6 +41,7 @@ from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT, stream_key
 
 from .base import DivergedError, check_output_size, task_loss
 from .minibatch import cycle_minibatches
+from .models import channels_last_on_cpu
 from .reptile import make_inner_optimizer
 
 
@@ -162,6 +163,7 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
         )
     ways = None if support_y.is_floating_point() else int(support_y.max()) + 1
     fine = copy.deepcopy(model)
+    channels_last_on_cpu(fine)  # Reptile's layout choice (models.py), before the optimiser's state exists
     if config.inner_steps == 0:
         return fine, None, None
     optimizer = make_inner_optimizer(adapted_parameters(fine, config.adapt_head_modules), config.inner_optimizer,

@@ -27,7 +27,7 @@ measured on par at 10 images per task but 1.4x slower at 25 and 2.0x slower at
 
 The inner optimisers are functional and update all tasks at once (one kernel
 per parameter tensor for the whole meta-batch): ``sgd_`` (``torch._foreach_*``)
-and ``AdamState.step_`` (torch's fused Adam kernel, or torch.optim.Adam's own ops with ``exact=True``), which
+and ``AdamState.step_`` (torch's fused Adam kernel, or ``torch._foreach_*`` ops without it), which
 reproduce ``torch.optim.SGD`` / ``torch.optim.Adam`` (bias corrections included) on each
 task's slice. ``flat_views`` lets Adam update all parameter tensors as one flat tensor.
 
@@ -195,12 +195,11 @@ class AdamState:
     """Adam moments of stacked parameters; ``step_`` is torch.optim.Adam's update (eps=1e-8, bias corrections).
 
     By default the update is torch's fused Adam kernel (``torch._fused_adam_``, what
-    ``torch.optim.Adam(fused=True)`` runs): one pass over memory, equal to
-    ``torch.optim.Adam`` to the last bit in our tests, and 3x faster than the foreach
-    ops on this CPU (55 vs 158 us per step on the Omniglot net's 113k weights).
-    ``exact=True`` runs torch.optim.Adam's own single-tensor ops (its CPU default), which keeps float32
-    results bit-identical to it (the fused kernel and the foreach variant round differently in the last
-    bit, and Adam's normalised step turns that into visible differences on near-zero gradients).
+    ``torch.optim.Adam(fused=True)`` runs): one pass over memory, and 3x faster than the foreach
+    ops on this CPU (55 vs 158 us per step on the Omniglot net's 113k weights). Given tensors shaped
+    and laid out like torch.optim.Adam's, it gives its bits (the batched evaluator passes each task's
+    own tensors); on one flat tensor of many, the kernel's vector and scalar parts fall on other
+    elements, which rounds float32 differently in the last bit.
     ``fused=False`` (or a torch without the kernel) uses ``torch._foreach_*`` ops:
     torch computes p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps); we compute the
     algebraically equal p -= (lr * sqrt(bc2) / bc1) * m / (sqrt(v) + eps * sqrt(bc2))
@@ -208,15 +207,11 @@ class AdamState:
     """
 
     def __init__(self, params: list[Tensor], lr: float, beta1: float, beta2: float = 0.999, eps: float = 1e-8,
-                 fused: bool | None = None, exact: bool = False):
+                 fused: bool | None = None):
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self.exact = exact
-        self.fused = (hasattr(torch, "_fused_adam_") if fused is None else fused) and not exact
+        self.fused = hasattr(torch, "_fused_adam_") if fused is None else fused
         self.step = 0
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
-        if exact:
-            self.exp_avg = [torch.zeros_like(p) for p in params]
-            return
         if self.fused:
             self.exp_avg = [torch.zeros_like(p) for p in params]  # the kernel wants it even at beta1 = 0
             self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
@@ -228,9 +223,6 @@ class AdamState:
     @torch.no_grad()
     def step_(self, params: list[Tensor], grads: list[Tensor]) -> None:
         self.step += 1
-        if self.exact:
-            self._exact_step(params, grads)
-            return
         if self.fused:
             torch._foreach_add_(self.steps, 1)  # the kernel reads the step count; the optimiser advances it
             torch._fused_adam_(params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
@@ -250,14 +242,3 @@ class AdamState:
             torch.sqrt(v, out=d)
         torch._foreach_add_(self.denom, self.eps * bias_correction2_sqrt)
         torch._foreach_addcdiv_(params, first, self.denom, value=-self.lr * bias_correction2_sqrt / bias_correction1)
-
-    def _exact_step(self, params: list[Tensor], grads: list[Tensor]) -> None:
-        """torch.optim.Adam's single-tensor update, op for op (its CPU default): the same float32 bits,
-        since every op is elementwise (checked in tests/test_inner_adam.py on flat and split tensors)."""
-        bias_correction1 = 1 - self.beta1 ** self.step
-        bias_correction2_sqrt = (1 - self.beta2 ** self.step) ** 0.5
-        for p, g, m, v in zip(params, grads, self.exp_avg, self.exp_avg_sq):
-            m.lerp_(g, 1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            denom = (v.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            p.addcdiv_(m, denom, value=-(self.lr / bias_correction1))

@@ -48,16 +48,21 @@ class SineMLP(nn.Sequential):
 MODELS = {"omniglot": OmniglotCNN, "miniimagenet": MiniImageNetCNN, "sine": SineMLP}
 
 
-def channels_last_on_cpu(model: nn.Module) -> bool:
-    """Put a CNN's weights in channels-last memory format when it runs on CPU in float32; say whether it did.
+def channels_last_applies(model: nn.Module) -> bool:
+    """Whether ``model`` is a CNN on CPU in float32: where its weights are kept channels-last while it trains
+    task by task (Reptile's reference learner, the serial evaluator, the batched evaluator's CPU loop).
 
-    The maths is the same; oneDNN then runs NHWC kernels, which round float32 sums in another order.
-    The module's parameters stay the same objects (create an optimiser after this call, for its state's layout).
+    The maths is the same; oneDNN then runs its NHWC kernels, which round float32 sums in another order.
     """
     params = list(model.parameters())
-    if not params or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        return False
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+    return (bool(params) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+            and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params))
+
+
+def channels_last_on_cpu(model: nn.Module) -> bool:
+    """Put ``model``'s 4-D weights channels-last if ``channels_last_applies``; say whether it did. The
+    parameters stay the same objects (create an optimiser after this call, for its state's layout)."""
+    if not channels_last_applies(model):
         return False
     model.to(memory_format=torch.channels_last)
     return True

@@ -13,11 +13,11 @@ across tasks and outer steps, as the official code does (it only restores the
 trainable variables between tasks); otherwise a fresh optimiser starts each task.
 The query part of a training batch is not used.
 
-Speed without other maths: the inner Adam is torch's fused kernel (one pass per tensor instead of a dozen
-elementwise ops), and a CNN on CPU in float32 keeps its weights, so its activations, channels-last (oneDNN's
-NHWC kernels are faster than its blocked-format conversions at these small batches). Both change only float32
-rounding (float64 results agree to 1e-10; ``tests/test_reptile.py``); ``python -m benchmarks.perf.step_variants``
-times them against the previous choices.
+Speed without other maths: the inner Adam is torch's fused kernel (``make_inner_optimizer``), and a CNN on
+CPU in float32 keeps its weights, so its activations, channels-last (``models.channels_last_on_cpu``: oneDNN's
+NHWC kernels and batch norm are faster at these small batches). Both change only float32 rounding (float64
+results agree to 1e-10; ``tests/test_reptile.py``); ``python -m benchmarks.perf.step_variants`` times them
+against the previous choices.
 
     learner = build_learner(MetaConfig(algorithm="reptile"), model, total_iterations=100_000)
     metrics = learner.meta_step(batch)  # {"loss": mean inner loss, "epsilon": ...}
@@ -36,20 +36,18 @@ from .minibatch import cycle_minibatches
 from .models import channels_last_on_cpu
 
 
-def make_inner_optimizer(params, name: str, lr: float, adam_beta1: float, fused: bool = False) -> torch.optim.Optimizer:
-    """The inner optimiser of Reptile's training loop (``fused=True``) and of the evaluator's fine-tuning.
+def make_inner_optimizer(params, name: str, lr: float, adam_beta1: float) -> torch.optim.Optimizer:
+    """The inner optimiser shared by Reptile's training loop and the evaluator's fine-tuning.
 
-    ``fused``: torch's fused Adam kernel where the parameters' device has one (CPU, CUDA); it rounds float32
-    differently from the per-tensor ops. The evaluator keeps those ops: the batched evaluator reproduces
-    them bit for bit on CPU (``functional.AdamState(exact=True)``), the fused kernel on one flat tensor would not.
+    Adam is torch's fused kernel where the parameters' device has one (CPU, CUDA): one pass per tensor
+    instead of a dozen elementwise ops; it rounds float32 differently from the per-tensor ops (float64
+    agreement to 1e-10). The batched evaluator runs the same kernel on each task's own tensors
+    (``batched_eval.fine_tune``), so the two evaluators stay bit-identical on CPU.
     """
     params = list(params)
     if name == "adam":
-        if fused and params and all(p.device.type in ("cpu", "cuda") for p in params):
-            return torch.optim.Adam(params, lr=lr, betas=(adam_beta1, 0.999), fused=True)
-        # foreach: one dispatch for every tensor instead of one per tensor and op; on CPU it runs the very
-        # per-tensor kernels of the default path, so the results are bit-identical (tests/test_inner_adam.py).
-        return torch.optim.Adam(params, lr=lr, betas=(adam_beta1, 0.999), foreach=True)
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, betas=(adam_beta1, 0.999), **({"fused": True} if fused else {"foreach": True}))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ValueError(f"inner optimiser must be 'adam' or 'sgd', got {name!r}")
@@ -58,7 +56,7 @@ def make_inner_optimizer(params, name: str, lr: float, adam_beta1: float, fused:
 @register("reptile")
 class Reptile(MetaLearner):
     TASK_BY_TASK = True
-    """The inner loop runs one task's network at a time: the one the fused Adam and channels-last choices were measured on."""
+    """The inner loop runs one task's network at a time, where channels-last weights were measured faster."""
 
     def __init__(self, model: nn.Module, config: MetaConfig, total_iterations: int, seed: int = 0):
         super().__init__(model, config, total_iterations, seed)
@@ -67,8 +65,7 @@ class Reptile(MetaLearner):
 
     def _new_inner_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        return make_inner_optimizer(self.model.parameters(), c.inner_optimizer, c.inner_lr, c.adam_beta1,
-                                    fused=self.TASK_BY_TASK)
+        return make_inner_optimizer(self.model.parameters(), c.inner_optimizer, c.inner_lr, c.adam_beta1)
 
     def backend_info(self) -> str:
         fused = self.inner_optimizer.defaults.get("fused") and "fused inner Adam"

@@ -89,3 +89,27 @@ def test_a_loss_that_ends_far_above_its_start_is_divergence(mode):
                         mode=mode)
     with pytest.raises(DivergedError, match="fine-tuning task"):
         evaluate(model, pool(), 3, 2, config, diverge_factor=10.0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"], ids=["as-maml-leaves-it", "as-reptile-leaves-it"])
+@pytest.mark.parametrize("inner", [ADAM, SGD], ids=["adam", "sgd"])
+def test_float32_fine_tuned_weights_are_bit_identical_to_the_serial_evaluators(layout, inner):
+    """Stronger than equal scores: every fine-tuned weight of every task, whatever layout training left."""
+    from algorithms.batched_eval import fine_tune
+    from algorithms.evaluation import adapt, finetune_generator
+    from algorithms.functional import TaskNet
+
+    torch.manual_seed(0)
+    model = build_model("omniglot", 5)
+    if layout == "channels-last":
+        model.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(1)
+    images = ClassPool(torch.rand(10, 4, 1, 28, 28, generator=g), name="random")
+    config = EvalConfig(num_tasks=4, query=1, **(inner | {"inner_steps": 4}))
+    batch = images.sample_batch(5, 2, 1, config.seed, range(4))
+    net = TaskNet(model, "loop")
+    fast = fine_tune(net, [p.detach() for p in model.parameters()], batch, config, range(4), None)
+    for t in range(4):
+        fine = adapt(model, batch.support_x[t], batch.support_y[t], config, finetune_generator(config.seed, t))
+        assert fine[0].weight.stride(1) == 1 and fast[0][t].stride() == fine[0].weight.stride()  # channels-last both
+        assert all(torch.equal(w[t], p.detach()) for w, p in zip(fast, fine.parameters())), t
