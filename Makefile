@@ -43,6 +43,7 @@ perf: setup
 	$(PY) -m benchmarks.perf.profile_reptile --json results/profile/reptile_cpu.json
 	$(PY) -m benchmarks.perf.step_variants --json results/profile/step_variants_cpu.json
 	$(PY) -m benchmarks.perf.allocator --json results/profile/allocator_cpu.json
+	$(PY) -m benchmarks.perf.time_meta_step --layouts --steps 5 --warmup 1 --json results/profile/layouts_cpu.json
 	$(PY) -m benchmarks.reporting.readme
 
 # --jobs auto: one training per core, each pinned to its own core (results identical to --jobs 1; the
