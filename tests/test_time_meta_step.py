@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks.perf import time_meta_step
+from benchmarks.reporting.against_official import layouts_lines
 
 
 @pytest.fixture
@@ -42,3 +43,8 @@ def test_layouts_are_forced_and_compared_round_by_round(two_settings, tmp_path, 
     for v in report["settings"].values():
         assert len(v["ratio_rounds"]) == 2 and v["ratio_median"] > 0
         assert v["ratio_rounds"][0] == pytest.approx(v["median_s"]["channels-last"][0] / v["median_s"]["contiguous"][0])
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "l.json").rename(tmp_path / "profile" / "layouts_cpu.json")
+    lines = layouts_lines(tmp_path, str)
+    assert lines[0].startswith("Weight layouts per reference learner") and len(lines) == 4 + len(two_settings)
+    assert layouts_lines(tmp_path / "nothing", str) == []

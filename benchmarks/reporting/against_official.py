@@ -1,11 +1,14 @@
 """README tables about the authors' code: same-round times against openai/supervised-reptile, and where one
 Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
 ``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
-(``benchmarks.perf.profile_reptile``) and ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``).
+(``benchmarks.perf.profile_reptile``), ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``),
+``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``) and ``results/profile/layouts_cpu.json``
+(``benchmarks.perf.time_meta_step --layouts``).
 """
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, reference", "batched": "this project, batched"}
@@ -116,3 +119,20 @@ def allocator_lines(results_dir: Path, link) -> list[str]:
             f"{data['ratio_median']:.2f}; same bits either way; {link(path)}):", "",
             "| Round | glibc defaults (page faults per meta-iteration) | as run: freed memory kept (page faults) "
             "| × defaults |", "|---|---|---|---|", *rows]
+
+
+def layouts_lines(results_dir: Path, link) -> list[str]:
+    """Channels-last against contiguous weights per reference learner (``time_meta_step --layouts``)."""
+    path = results_dir / "profile" / "layouts_cpu.json"
+    data = _load(path)
+    if data is None:
+        return []
+    rows = [f"| {label} | {statistics.median(v['median_s']['contiguous']) * 1e3:.0f} ms "
+            f"| {statistics.median(v['median_s']['channels-last']) * 1e3:.0f} ms | ×{v['ratio_median']:.2f} "
+            f"({', '.join(f'×{r:.2f}' for r in v['ratio_rounds'])}) |" for label, v in data["settings"].items()]
+    return [f"Weight layouts per {data['backend']} learner (`python -m benchmarks.perf.time_meta_step --layouts`: "
+            f"{data['rounds']} rounds of {data['steps_per_round']} meta-steps per layout, taking turns, {data['clock']} "
+            f"clock, {data['device']}; Reptile's learner and the evaluator use channels-last on CPU, the MAML family "
+            f"keeps the default; {link(path)}):", "",
+            "| Setting | Contiguous | Channels-last | Channels-last ÷ contiguous (median; per round) |",
+            "|---|---|---|---|", *rows]

@@ -208,6 +208,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
     kept = against_official.allocator_lines(results_dir, link)
     if kept:
         out += [*kept, ""]
+    layouts = against_official.layouts_lines(results_dir, link)
+    if layouts:
+        out += [*layouts, ""]
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]
