@@ -24,8 +24,8 @@ import torch
 from benchmarks.running.allocator import keep_freed_memory
 
 
-def _threads(threads: int) -> str:
-    """Set torch's threads; set the allocator as the cell processes do; return what the allocator does."""
+def _process_setup(threads: int) -> str:
+    """Set the allocator as the cell processes do and torch's threads; return what the allocator does."""
     allocator = keep_freed_memory()
     if threads:
         torch.set_num_threads(threads)
@@ -37,7 +37,7 @@ def train(backend: str, threads: int, iters: int, warmup: int) -> dict:
     from algorithms import MetaConfig, build_learner, build_model
     from datasets import load_pool
 
-    allocator = _threads(threads)
+    allocator = _process_setup(threads)
     pool = load_pool("omniglot", "small", "train")
     torch.manual_seed(0)
     config = MetaConfig(algorithm="reptile", backend=backend, inner_steps=5, inner_lr=0.001, inner_optimizer="adam",
@@ -69,7 +69,7 @@ def evaluation(evaluator: str, threads: int, tasks: int, repeats: int) -> dict:
     from algorithms.evaluation import EvalConfig, evaluate
     from datasets import load_pool
 
-    allocator = _threads(threads)
+    allocator = _process_setup(threads)
     pool = load_pool("omniglot", "small", "test")
     torch.manual_seed(0)
     model = build_model("omniglot", 5)  # untrained: fine-tuning costs the same whatever the weights

@@ -48,8 +48,7 @@ def _foreach_adam(learner):
 
 
 def _contiguous(learner):
-    learner.model.to(memory_format=torch.contiguous_format)
-    learner.inner_optimizer = learner._new_inner_optimizer()  # its state in the same layout as the weights
+    learner.model.to(memory_format=torch.contiguous_format)  # before the first step creates Adam's state
     return contextlib.nullcontext
 
 
