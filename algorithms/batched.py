@@ -18,7 +18,11 @@ optimisers (``functional.sgd_`` / ``AdamState``, ``torch._foreach_*`` ops).
   measured slower (see ``functional.py``), a task's activations stay in cache
   from its forward to its backward, and nothing is stacked or copied.
 Everything is ordinary autograd, so second derivatives through batch norm are
-exact (no vmap, see PITFALLS section 1) and saved-tensor hooks work.
+exact (no vmap, see PITFALLS section 1) and saved-tensor hooks work. One exception, first-order and
+without a graph to keep: Reptile's loop mode on CPU takes each inner step with ``handwritten.HandwrittenNet``
+(autograd's kernels without its graph: the same gradients) on weights laid out channels-last where the
+reference learner's are (``models.channels_last_applies``; which rounds float32 differently from the
+default layout, ``tests/test_handwritten.py``).
 
 Second-order MAML: the meta-gradient of task t is
 prod_{k=0}^{K-1} (I - alpha H_k) g_q, with H_k the support-loss Hessian at the
@@ -51,9 +55,11 @@ from torch import Tensor, nn
 from datasets.tasks import TaskBatch
 
 from .base import MetaConfig, checked_metrics, register, register_orders, task_loss
-from .functional import AdamState, TaskNet, flat_views, sgd_
+from .functional import AdamState, TaskNet, flat_views, memory_order, sgd_
+from .handwritten import HandwrittenNet
 from .maml import MAML
 from .minibatch import cycle_minibatches
+from .models import channels_last_applies
 from .reptile import Reptile
 
 
@@ -117,6 +123,8 @@ class BatchedReptile(Reptile):
             )
         super().__init__(model, config, total_iterations, seed)
         self.net = TaskNet(model, conv_mode)
+        self.hand = HandwrittenNet(model) if HandwrittenNet.supports(model) else None  # loop mode's inner step
+        self.channels_last_loop = channels_last_applies(model)
 
     def backend_info(self) -> str:
         return _batched_info(self.net, self.model)
@@ -135,14 +143,21 @@ class BatchedReptile(Reptile):
         total = [torch.zeros_like(p) for p in theta]
         losses = []
         for chunk in chunks(self.net, T, x.device):
-            flat, fast = flat_views(chunk.init(theta))  # Adam steps the flat copy: one op per update, not one per tensor
+            hand = self.hand is not None and chunk.single and x.device.type == "cpu"
+            # Adam steps the flat copy: one op per update, not one per tensor. The handwritten loop mode lays the
+            # weights out channels-last where the reference learner does (models.channels_last_applies).
+            flat, fast = flat_views(chunk.init(theta), channels_last=hand and self.channels_last_loop)
             adam = AdamState([flat], c.inner_lr, c.adam_beta1) if c.inner_optimizer == "adam" else None
             for xb, yb in minibatches:
-                grads, task_losses, _ = chunk.grads(fast, xb, yb)
+                if hand:  # the same kernels as autograd's, without the graph
+                    loss, _, grads = self.hand.loss_and_grads(fast, xb[chunk.s.start], yb[chunk.s.start])
+                    task_losses = loss.reshape(1)
+                else:
+                    grads, task_losses, _ = chunk.grads(fast, xb, yb)
                 if adam is None:
                     sgd_(fast, grads, c.inner_lr)
                 else:
-                    adam.step_([flat], [torch.cat([g.reshape(-1) for g in grads])])
+                    adam.step_([flat], [torch.cat([memory_order(g) for g in grads])])
                 losses.append(task_losses.detach())
             torch._foreach_add_(total, chunk.task_sum(fast))
         grads = [t - s / T for t, s in zip(theta, total)]
@@ -158,6 +173,8 @@ class BatchedMAML(MAML):
             raise ValueError(f"task_chunk must be None (automatic) or >= 1, got {task_chunk}")
         super().__init__(model, config, total_iterations, seed)
         self.net = TaskNet(model, conv_mode)
+        self.hand = HandwrittenNet(model) if HandwrittenNet.supports(model) else None  # loop mode's inner step
+        self.channels_last_loop = channels_last_applies(model)
         self.unrolled = unrolled
         self.task_chunk = task_chunk
 

@@ -14,7 +14,9 @@ statistics, exactly as the serial evaluator's one-task batches do.
 
 In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). On CPU the
 network runs task by task (``CONV_MODE``) on the serial evaluator's memory layout, and Adam is the fused
-kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too. On CUDA a grouped
+kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too; where
+``handwritten.HandwrittenNet`` supports the net (and every weight is fine-tuned), each task takes all its
+steps in turn with the serial evaluator's handwritten inner step, its weights and moments staying in cache. On CUDA a grouped
 convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
 are within rounding; ``python -m benchmarks.perf.eval_throughput --agreement`` counts such flips on the
 default suite's pools, for both modes.
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 
 from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
+from .handwritten import HandwrittenNet
 from .minibatch import cycle_minibatches
 from .models import channels_last_applies
 
@@ -89,6 +92,10 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     # Only the adapted tensors (all, or the head's: EvalConfig.adapt_head_modules) get gradients and steps.
     n = len(fast) - len(adapted_parameters(net.model, config.adapt_head_modules))
     frozen, fast = fast[:n], fast[n:]
+    if x.device.type == "cpu" and not frozen and HandwrittenNet.supports(net.model):
+        first, last = _fine_tune_task_by_task(net.model, fast, x, y, idx, config)
+        check_fine_tuning(first, last, indices.start, diverge_factor)
+        return fast
     # On CPU the fused kernel on each task's own tensors: the serial evaluator's very updates, bit for bit
     # (on one flat tensor its vector and scalar parts would fall on other elements). Elsewhere one flat tensor.
     per_task = x.device.type == "cpu"
@@ -100,8 +107,9 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     adam = AdamState(params, config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
     first = last = None
     for k in range(config.inner_steps):
+        xk, yk = x[rows, idx[:, k]], y[rows, idx[:, k]]
         leaves = [w.detach().requires_grad_() for w in fast]
-        losses, _ = net.task_losses(frozen + leaves, x[rows, idx[:, k]], y[rows, idx[:, k]])
+        losses, _ = net.task_losses(frozen + leaves, xk, yk)
         grads = torch.autograd.grad(losses.sum(), leaves)
         with torch.no_grad():
             if per_task:  # each gradient in its weight's memory layout, as autograd hands the serial optimiser
@@ -116,6 +124,28 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
         first = last if first is None else first
     check_fine_tuning(first, last, indices.start, diverge_factor)
     return frozen + fast
+
+
+def _fine_tune_task_by_task(model: nn.Module, fast: list, x: Tensor, y: Tensor, idx: Tensor,
+                            config: EvalConfig) -> tuple[Tensor, Tensor]:
+    """On CPU: each task's steps in turn on its own slices of ``fast`` (in place), with the serial evaluator's
+    handwritten inner step and Adam on that task's tensors, so one task's weights and moments stay in cache;
+    the same bits as the serial evaluator. Returns each task's first and last fine-tuning loss."""
+    net = HandwrittenNet(model)
+    first, last = [], []
+    for t in range(x.shape[0]):
+        own = [w[t] for w in fast]  # views: the steps update ``fast`` in place
+        adam = AdamState(own, config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
+        for k in range(config.inner_steps):
+            loss, _, grads = net.loss_and_grads(own, x[t, idx[t, k]], y[t, idx[t, k]])
+            if adam is None:
+                sgd_(own, grads, config.inner_lr)
+            else:
+                adam.step_(own, grads)
+            if k == 0:
+                first.append(loss)
+        last.append(loss)
+    return torch.stack(first), torch.stack(last)
 
 
 def per_task_channels_last(stacked: Tensor) -> Tensor:

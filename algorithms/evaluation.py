@@ -19,7 +19,8 @@ is the mean over tasks with ci95 = 1.96 * std / sqrt(n), where std is the
 ddof = 0; at n = 600 the two differ by a factor sqrt(600/599) = 1.0008.
 
 Two implementations give the same per-task scores (``tests/test_batched_eval.py``): ``serial``, the
-reference (one deep copy per task, ``torch.optim`` optimisers), and ``batched``
+reference (one deep copy per task, ``torch.optim`` optimisers; each fine-tuning step is Reptile's
+``handwritten.InnerStep``, autograd's bits without its graph), and ``batched``
 (``algorithms/batched_eval.py``: many tasks fine-tuned at once with per-task weights and batch-norm
 statistics). ``EvalConfig.mode = "auto"`` picks per device (``DEFAULT_MODE``, from measurements).
 A task whose fine-tuning loss becomes NaN/inf or ends above ``diverge_factor`` x its first value, or
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT, stream_key
 
 from .base import DivergedError, check_output_size, task_loss
+from .handwritten import InnerStep
 from .minibatch import cycle_minibatches
 from .models import channels_last_on_cpu
 from .reptile import make_inner_optimizer
@@ -168,16 +170,11 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
         return fine, None, None
     optimizer = make_inner_optimizer(adapted_parameters(fine, config.adapt_head_modules), config.inner_optimizer,
                                      config.inner_lr, config.adam_beta1)
+    inner_step = InnerStep(fine, optimizer)  # Reptile's inner step: handwritten where it applies (same bits)
     first = last = None
     for step, idx in enumerate(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)):
-        out = fine(support_x[idx])
-        if step == 0:
-            check_output_size(out, support_y[idx], ways=ways)
-        loss = task_loss(out, support_y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        last = loss.detach()
+        check = (lambda out, target=support_y[idx]: check_output_size(out, target, ways=ways)) if step == 0 else None
+        last = inner_step(support_x[idx], support_y[idx], check)
         first = last if first is None else first
     fine.zero_grad(set_to_none=True)
     return fine, float(first), float(last)

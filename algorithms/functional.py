@@ -174,16 +174,28 @@ class TaskNet:
         return F.cross_entropy(out.reshape(T * B, -1), y.reshape(-1), reduction="none").reshape(T, B).mean(1), out
 
 
-def flat_views(tensors: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+def flat_views(tensors: Sequence[Tensor], channels_last: bool = False) -> tuple[Tensor, list[Tensor]]:
     """One contiguous copy of ``tensors`` and views of it shaped like them.
 
     An optimiser that updates the flat tensor runs each of its elementwise ops
     once instead of once per parameter tensor: on CPU Adam's step on the
     Omniglot net's 10 tensors spends most of its time in per-tensor overhead.
+    With ``channels_last`` the 4-D views are channels-last (their elements lie in the flat tensor in that
+    order; ``memory_order`` flattens a gradient laid out like them to match).
     """
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    views = [v.view(t.shape) for v, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+    cl = [channels_last and t.dim() == 4 for t in tensors]
+    flat = torch.cat([t.permute(0, 2, 3, 1).reshape(-1) if c else t.reshape(-1) for t, c in zip(tensors, cl)])
+    pieces = flat.split([t.numel() for t in tensors])
+    views = [v.view(t.shape[0], *t.shape[2:], t.shape[1]).permute(0, 3, 1, 2) if c else v.view(t.shape)
+             for v, t, c in zip(pieces, tensors, cl)]
     return flat, views
+
+
+def memory_order(t: Tensor) -> Tensor:
+    """``t``'s elements in the order they lie in memory (contiguous or channels-last), flat; a view when it can."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
 
 
 def sgd_(params: list[Tensor], grads: list[Tensor], lr: float) -> None:
@@ -214,7 +226,12 @@ class AdamState:
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         if self.fused:
             self.exp_avg = [torch.zeros_like(p) for p in params]  # the kernel wants it even at beta1 = 0
-            self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+            # One step count read by every tensor's update (torch.optim keeps one per tensor, all equal): one
+            # increment per step instead of a loop over the 0-d tensors (on CPU, foreach ops on them are a loop).
+            devices = {p.device for p in params}
+            count = {d: torch.zeros((), dtype=torch.float32, device=d) for d in devices}
+            self.steps = [count[p.device] for p in params]
+            self._counts = list(count.values())
             return
         # beta1 = 0 (Reptile's setting) makes the first moment the gradient itself: no buffer kept.
         self.exp_avg = [torch.zeros_like(p) for p in params] if beta1 else None
@@ -224,7 +241,8 @@ class AdamState:
     def step_(self, params: list[Tensor], grads: list[Tensor]) -> None:
         self.step += 1
         if self.fused:
-            torch._foreach_add_(self.steps, 1)  # the kernel reads the step count; the optimiser advances it
+            for count in self._counts:  # the kernel reads the step count; the optimiser advances it
+                count.add_(1)
             torch._fused_adam_(params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
                                beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
                                amsgrad=False, maximize=False)

@@ -16,8 +16,10 @@ The query part of a training batch is not used.
 Speed without other maths: the inner Adam is torch's fused kernel (``make_inner_optimizer``), and a CNN on
 CPU in float32 keeps its weights, so its activations, channels-last (``models.channels_last_on_cpu``: oneDNN's
 NHWC kernels and batch norm are faster at these small batches). Both change only float32 rounding (float64
-results agree to 1e-10; ``tests/test_reptile.py``); ``python -m benchmarks.perf.step_variants`` times them
-against the previous choices.
+results agree to 1e-10; ``tests/test_reptile.py``). Each inner step is ``handwritten.InnerStep``: on CPU the
+forward and backward kernels autograd would call, without its graph, and the fused Adam's kernel called
+directly (the same bits as autograd and ``optimizer.step()``). ``python -m benchmarks.perf.step_variants``
+times each choice against the previous ones.
 
     learner = build_learner(MetaConfig(algorithm="reptile"), model, total_iterations=100_000)
     metrics = learner.meta_step(batch)  # {"loss": mean inner loss, "epsilon": ...}
@@ -31,7 +33,8 @@ from torch import Tensor, nn
 
 from datasets.tasks import TaskBatch
 
-from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register, task_loss
+from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register
+from .handwritten import HandwrittenNet, InnerStep
 from .minibatch import cycle_minibatches
 from .models import channels_last_on_cpu
 
@@ -62,15 +65,24 @@ class Reptile(MetaLearner):
         super().__init__(model, config, total_iterations, seed)
         self.channels_last = self.TASK_BY_TASK and channels_last_on_cpu(self.model)  # before Adam's moments exist
         self.inner_optimizer = self._new_inner_optimizer()
+        self.handwritten = True  # the inner step without autograd's graph (handwritten.py; the same bits)
+        self._step: InnerStep | None = None
 
     def _new_inner_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         return make_inner_optimizer(self.model.parameters(), c.inner_optimizer, c.inner_lr, c.adam_beta1)
 
+    def _inner_step(self) -> InnerStep:
+        """The inner step for the current inner optimiser (a new one each task without persistent state)."""
+        if self._step is None or self._step.optimizer is not self.inner_optimizer or self._step.model is not self.model:
+            self._step = InnerStep(self.model, self.inner_optimizer, self.handwritten)
+        return self._step
+
     def backend_info(self) -> str:
         fused = self.inner_optimizer.defaults.get("fused") and "fused inner Adam"
         layout = self.channels_last and "channels-last"
-        return ", ".join(filter(None, [super().backend_info(), fused, layout]))
+        hand = self.handwritten and HandwrittenNet.supports(self.model) and "handwritten inner backward"
+        return ", ".join(filter(None, [super().backend_info(), fused, layout, hand]))
 
     def epsilon(self) -> float:
         """Outer step size at the current iteration (linear annealing, as the official code)."""
@@ -96,16 +108,14 @@ class Reptile(MetaLearner):
             if not c.persist_inner_state:
                 self.inner_optimizer = self._new_inner_optimizer()
             x, y = batch.support_x[i], batch.support_y[i]
+            inner_step = self._inner_step()
             for step, idx in enumerate(draws[i]):
-                out = self.model(x[idx])
+                check = None
                 if i == 0 and step == 0:
                     # The whole support set fixes the ways: a minibatch may miss the last label.
-                    check_output_size(out, y[idx], ways=None if y.is_floating_point() else int(y.max()) + 1)
-                loss = task_loss(out, y[idx])
-                self.inner_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.inner_optimizer.step()
-                losses.append(loss.detach())
+                    ways = None if y.is_floating_point() else int(y.max()) + 1
+                    check = lambda out, target=y[idx], ways=ways: check_output_size(out, target, ways=ways)  # noqa: E731
+                losses.append(inner_step(x[idx], y[idx], check))
             with torch.no_grad():
                 for m, p, t in zip(moved, params, theta):
                     m.add_(p - t)

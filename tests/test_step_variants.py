@@ -24,9 +24,10 @@ def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(
         torch.set_num_threads(before)
     report = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())
     variants = report["variants"]
-    assert set(variants) == {"as run", "foreach Adam", "contiguous", "before", "oneDNN off", "compiled step"}
+    assert set(variants) == {"as run", "autograd", "foreach Adam", "contiguous", "before", "oneDNN off", "compiled step"}
     assert "error" not in variants["compiled step"], variants["compiled step"]  # Inductor compiles here
     assert variants["as run"]["max_param_diff_vs_as_run"] == 0.0
+    assert variants["autograd"]["max_param_diff_vs_as_run"] == 0.0  # the handwritten step keeps autograd's bits
     assert all(v["step_s_median"] > 0 and len(v["ratio_to_as_run_rounds"]) == 1 and v["warmup_s"] > 0
                for v in variants.values())
     # The previous choices and compiled kernels round float32 differently: the report must say the numbers moved.

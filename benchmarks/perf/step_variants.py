@@ -6,10 +6,13 @@ The meta-step of ``benchmarks.perf.profile_reptile`` (the default suite's Reptil
 Adam kept across tasks, Omniglot-small 5-way, 10 shots, meta-batch 5, 5 inner Adam steps on minibatches of
 10), at 1 thread, under each variant:
 
-- ``as run``: what the default suite runs (torch's fused Adam kernel, weights channels-last on CPU);
+- ``as run``: what the default suite runs (the handwritten inner step of ``algorithms/handwritten.py``, torch's
+  fused Adam kernel, weights channels-last on CPU);
+- ``autograd``: the same step through autograd and ``optimizer.step()`` (the same bits: only the time differs);
 - ``foreach Adam``: the inner Adam as ``torch._foreach_*`` ops (the per-tensor kernels of its default path);
 - ``contiguous``: the network's weights (so its activations) in the default NCHW format;
-- ``before``: both of the two above, the meta-step as the default suite ran it before those two choices;
+- ``before``: autograd, the foreach Adam and the contiguous layout together: the meta-step as the default suite
+  ran it before those three choices;
 - ``oneDNN off``: ``torch.backends.mkldnn`` disabled (PyTorch's own CPU convolutions);
 - ``compiled step``: the whole inner step compiled: ``torch.compile`` of the network (its forward and, through
   AOTAutograd, its backward) and of the inner Adam's ``step`` (one fused kernel instead of a loop over tensors).
@@ -40,6 +43,11 @@ from benchmarks.perf.profile_reptile import setup
 from benchmarks.records.provenance import measurement, device_name, write_json
 
 
+def _autograd(learner):
+    learner.handwritten = False
+    return contextlib.nullcontext
+
+
 def _foreach_adam(learner):
     c = learner.config
     learner.inner_optimizer = torch.optim.Adam(learner.model.parameters(), lr=c.inner_lr,
@@ -53,6 +61,7 @@ def _contiguous(learner):
 
 
 def _before(learner):
+    _autograd(learner)
     _contiguous(learner)
     return _foreach_adam(learner)
 
@@ -70,13 +79,14 @@ def _onednn_off(learner):
 
 
 def _compiled_step(learner):
+    _autograd(learner)  # what is compiled is the module and the optimiser's step
     learner.model = torch.compile(learner.model)  # shares the parameters: the inner Adam keeps its tensors
     learner.inner_optimizer.step = torch.compile(learner.inner_optimizer.step)
     return contextlib.nullcontext
 
 
-VARIANTS = {"as run": lambda learner: contextlib.nullcontext, "foreach Adam": _foreach_adam, "contiguous": _contiguous,
-            "before": _before, "oneDNN off": _onednn_off, "compiled step": _compiled_step}
+VARIANTS = {"as run": lambda learner: contextlib.nullcontext, "autograd": _autograd, "foreach Adam": _foreach_adam,
+            "contiguous": _contiguous, "before": _before, "oneDNN off": _onednn_off, "compiled step": _compiled_step}
 
 
 def measure(rounds: int, steps: int, warmup: int = 2) -> dict:

@@ -75,7 +75,7 @@ def profile_lines(results_dir: Path, link) -> list[str]:
               "`results/peers/official_reptile.json`)." if official else "")
     return [f"One Reptile meta-step of the default suite (reference backend, 1 thread, {data['device']}): "
             f"{data['step_s'] * 1e3:.1f} ms unprofiled; under torch.profiler the ops take {total * 1e3:.1f} ms "
-            f"(the profiler's per-op overhead inflates kinds of many small ops, the inner Adam most).{anchor} "
+            f"(the profiler's per-op overhead inflates the kinds made of many small ops).{anchor} "
             f"{link(path)}", "", "| Kind of work | Self CPU time (profiled) | Share |", "|---|---|---|", *rows]
 
 
