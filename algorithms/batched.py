@@ -127,7 +127,11 @@ class BatchedReptile(Reptile):
         self.channels_last_loop = channels_last_applies(model)
 
     def backend_info(self) -> str:
-        return _batched_info(self.net, self.model)
+        info = _batched_info(self.net, self.model)
+        device = next(self.model.parameters()).device
+        if self.hand is None or device.type != "cpu" or self.net.mode_for(device) != "loop":
+            return info
+        return f"{info}, handwritten inner backward" + (", channels-last" if self.channels_last_loop else "")
 
     def meta_gradient(self, batch: TaskBatch) -> tuple[list[Tensor], dict[str, float]]:
         """g = theta - mean_i theta_i, like ``Reptile.meta_gradient`` (same minibatches from ``self.generator``)."""
