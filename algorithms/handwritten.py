@@ -2,8 +2,8 @@
 
 At the sizes of Reptile's inner step and the evaluator's fine-tuning (batches of 5 or 10 Omniglot
 images, one thread) recording autograd's graph and walking it, and ``torch.optim``'s bookkeeping
-around the fused Adam kernel, are a tenth of the step (``python -m benchmarks.perf.step_variants``,
-variant ``autograd``). ``HandwrittenNet`` runs the forward saving what each backward kernel needs, then
+around the fused Adam kernel, are a measurable share of the step (``python -m
+benchmarks.perf.step_variants`` times the same step through autograd as variant ``autograd``). ``HandwrittenNet`` runs the forward saving what each backward kernel needs, then
 calls those backward kernels in reverse order with the arguments autograd's formulas pass them (torch's
 ``tools/autograd/derivatives.yaml``), and hands each gradient over in its parameter's memory layout,
 as autograd's gradient accumulation does. ``DirectAdam`` is a fused ``torch.optim.Adam``'s step: the
