@@ -3,7 +3,8 @@
 Losses, outputs and gradients must equal autograd's bit for bit (float32 in both memory layouts, float64),
 for the three reference models; optimiser steps through ``InnerStep`` must leave the weights and the
 optimiser's state equal to ``loss.backward(); optimizer.step()``'s, through a checkpoint round trip too;
-and one gradient is checked against central finite differences in float64.
+and one gradient is checked against central finite differences in float64. Also pinned: why gradients must be
+laid out like their weights (torch's fused CPU Adam pairs elements by memory position).
 
     .venv/bin/python -m pytest -q tests/test_handwritten.py
 """
@@ -196,3 +197,28 @@ def test_the_batched_reptiles_channels_last_loop_changes_float32_rounding_only()
         grads.append(torch.cat([g.reshape(-1) for g in learner.meta_gradient(batch)[0]]))
     assert not torch.equal(grads[0], grads[1])  # other kernels: other rounding
     assert (grads[0] - grads[1]).norm() < 1e-4 * grads[1].norm()
+
+
+def test_torchs_fused_adam_on_cpu_needs_each_gradient_in_its_weights_layout():
+    """A finding, pinned: given a channels-last weight and a contiguous gradient, torch 2.13's fused CPU Adam
+    pairs their elements by memory position, not by index, and steps the wrong weights. Autograd never hands it
+    such a pair; ``HandwrittenNet`` lays every gradient out like its weight for that reason."""
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(8, 4, 3, 3)
+
+    def stepped(g):
+        p = weight.clone()  # keeps channels-last
+        state = [torch.zeros_like(p), torch.zeros_like(p), torch.zeros(())]
+        state[2].add_(1)
+        torch._fused_adam_([p], [g], [state[0]], [state[1]], [], [state[2]], lr=0.1, beta1=0.0, beta2=0.999,
+                           weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        return p
+
+    expected = weight - 0.1 * grad / (grad.abs() + 1e-8)  # Adam's first step with beta1 = 0
+    torch.testing.assert_close(stepped(grad.contiguous(memory_format=torch.channels_last)), expected)
+    assert (stepped(grad) - expected).abs().max() > 1e-2  # contiguous gradient: other elements stepped
+    model = OmniglotCNN(5).to(memory_format=torch.channels_last)
+    _, _, grads = HandwrittenNet(model).loss_and_grads(list(model.parameters()), torch.randn(2, 1, 28, 28),
+                                                        torch.tensor([0, 1]))
+    assert all(g.is_contiguous(memory_format=torch.channels_last) for g in grads if g.dim() == 4)

@@ -10,7 +10,9 @@ paper's 1 step (alpha 0.4). Tasks come from the small Omniglot split
 
 Floor = the bare forward and backward passes the algorithm's maths needs on the
 same batches, with nothing else (no optimiser, sampling, copying or outer step):
-- Reptile: T x K forward + ``autograd.grad`` of the module on the pre-gathered minibatches.
+- Reptile: T x K forward + backward on the pre-gathered minibatches: on CPU without autograd's graph
+  (``algorithms/handwritten.py``, the kernels autograd calls, as the learners run them), else ``autograd.grad``
+  of the module.
 - FOMAML: per task, K support forward+backward, then one query forward+backward.
 - MAML (second order): per task, K support forward + backward with ``create_graph``
   through the functional net, the query forward, and one backward through the
@@ -52,8 +54,9 @@ import torch
 
 from algorithms import MetaConfig, build_learner
 from algorithms.batched import BatchedMAML, BatchedReptile, _draw_minibatches, chunks
-from algorithms.functional import TaskNet
-from algorithms.models import OmniglotCNN
+from algorithms.functional import TaskNet, flat_views
+from algorithms.handwritten import HandwrittenNet
+from algorithms.models import OmniglotCNN, channels_last_applies, channels_last_on_cpu
 from algorithms.libraries import LibraryMissing
 from algorithms.libraries.func_maml import func_meta_gradient
 from benchmarks.running.measure import autograd_saved_bytes, synchronize
@@ -104,6 +107,16 @@ def floor_fn(kind: str, model, cfg: dict, batch: TaskBatch, batched: bool):
         idx = _draw_minibatches(xs.shape[1], T, cfg["inner_batch"], K, torch.Generator().manual_seed(0))
         rows = torch.arange(T)[:, None]
         xs, ys = xs[rows, idx].contiguous(), ys[rows, idx].contiguous()  # [T, K, batch, ...]
+    if kind == "reptile" and HandwrittenNet.supports(model) and (not batched or net.mode_for(xs.device) == "loop"):
+        # Without autograd's graph (the kernels it would call: algorithms/handwritten.py), as the learners run it;
+        # the batched form on each task's weights in the batched learner's layout.
+        hand = HandwrittenNet(model)
+        laid_out = copy.deepcopy(model)
+        channels_last_on_cpu(laid_out)  # the reference learner's layout
+        weights = ([[p.detach() for p in laid_out.parameters()]] * T if not batched else
+                   [flat_views(c.init(params), channels_last=channels_last_applies(model))[1]
+                    for c in chunks(net, T, xs.device)])
+        return lambda: [hand.loss_and_grads(weights[t], xs[t, k], ys[t, k]) for t in range(T) for k in range(K)]
     if not batched:
         if kind == "reptile":
             return lambda: [grad(ce(model(xs[t, k]), ys[t, k]), params) for t in range(T) for k in range(K)]
