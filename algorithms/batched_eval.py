@@ -14,9 +14,9 @@ statistics, exactly as the serial evaluator's one-task batches do.
 
 In float64 the per-task scores equal the serial evaluator's (``tests/test_batched_eval.py``). On CPU the
 network runs task by task (``CONV_MODE``) on the serial evaluator's memory layout, and Adam is the fused
-kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too; where
-``handwritten.HandwrittenNet`` supports the net (and every weight is fine-tuned), each task takes all its
-steps in turn with the serial evaluator's handwritten inner step, its weights and moments staying in cache. On CUDA a grouped
+kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too; in loop
+mode, where ``handwritten.HandwrittenNet`` supports the net (on CPU, every weight fine-tuned), each task takes
+all its steps in turn with the serial evaluator's handwritten inner step, its weights and moments in cache. On CUDA a grouped
 convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
 are within rounding; ``python -m benchmarks.perf.eval_throughput --agreement`` counts such flips on the
 default suite's pools, for both modes.
@@ -92,7 +92,7 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     # Only the adapted tensors (all, or the head's: EvalConfig.adapt_head_modules) get gradients and steps.
     n = len(fast) - len(adapted_parameters(net.model, config.adapt_head_modules))
     frozen, fast = fast[:n], fast[n:]
-    if x.device.type == "cpu" and not frozen and HandwrittenNet.supports(net.model):
+    if net.mode_for(x.device) == "loop" and not frozen and HandwrittenNet.supports(net.model):
         first, last = _fine_tune_task_by_task(net.model, fast, x, y, idx, config)
         check_fine_tuning(first, last, indices.start, diverge_factor)
         return fast
