@@ -177,8 +177,6 @@ class BatchedMAML(MAML):
             raise ValueError(f"task_chunk must be None (automatic) or >= 1, got {task_chunk}")
         super().__init__(model, config, total_iterations, seed)
         self.net = TaskNet(model, conv_mode)
-        self.hand = HandwrittenNet(model) if HandwrittenNet.supports(model) else None  # loop mode's inner step
-        self.channels_last_loop = channels_last_applies(model)
         self.unrolled = unrolled
         self.task_chunk = task_chunk
 

@@ -223,7 +223,7 @@ class InnerStep:
     ``loss.backward(); optimizer.step()``. ``handwritten=False`` forces autograd (to time the two)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, handwritten: bool = True):
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.handwritten = model, optimizer, handwritten
         self.params = list(model.parameters())
         trained = [p for g in optimizer.param_groups for p in g["params"]]
         use = (handwritten and HandwrittenNet.supports(model) and len(trained) == len(self.params)

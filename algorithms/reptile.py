@@ -74,7 +74,9 @@ class Reptile(MetaLearner):
 
     def _inner_step(self) -> InnerStep:
         """The inner step for the current inner optimiser (a new one each task without persistent state)."""
-        if self._step is None or self._step.optimizer is not self.inner_optimizer or self._step.model is not self.model:
+        step = self._step
+        if (step is None or step.optimizer is not self.inner_optimizer or step.model is not self.model
+                or step.handwritten != self.handwritten):
             self._step = InnerStep(self.model, self.inner_optimizer, self.handwritten)
         return self._step
 
