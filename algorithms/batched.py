@@ -126,10 +126,13 @@ class BatchedReptile(Reptile):
         self.hand = HandwrittenNet(model) if HandwrittenNet.supports(model) else None  # loop mode's inner step
         self.channels_last_loop = channels_last_applies(model)
 
+    def _handwritten_loop(self, device: torch.device) -> bool:
+        """Whether the loop mode's tasks take the handwritten step (and channels-last weights) on ``device``."""
+        return self.hand is not None and device.type == "cpu" and self.net.mode_for(device) == "loop"
+
     def backend_info(self) -> str:
         info = _batched_info(self.net, self.model)
-        device = next(self.model.parameters()).device
-        if self.hand is None or device.type != "cpu" or self.net.mode_for(device) != "loop":
+        if not self._handwritten_loop(next(self.model.parameters()).device):
             return info
         return f"{info}, handwritten inner backward" + (", channels-last" if self.channels_last_loop else "")
 
@@ -147,7 +150,7 @@ class BatchedReptile(Reptile):
         total = [torch.zeros_like(p) for p in theta]
         losses = []
         for chunk in chunks(self.net, T, x.device):
-            hand = self.hand is not None and chunk.single and x.device.type == "cpu"
+            hand = chunk.single and self._handwritten_loop(x.device)
             # Adam steps the flat copy: one op per update, not one per tensor. The handwritten loop mode lays the
             # weights out channels-last where the reference learner does (models.channels_last_applies).
             flat, fast = flat_views(chunk.init(theta), channels_last=hand and self.channels_last_loop)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
-from .handwritten import HandwrittenNet
+from .handwritten import HandwrittenNet, laid_out_like
 from .minibatch import cycle_minibatches
 from .models import channels_last_applies
 
@@ -113,7 +113,7 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
         grads = torch.autograd.grad(losses.sum(), leaves)
         with torch.no_grad():
             if per_task:  # each gradient in its weight's memory layout, as autograd hands the serial optimiser
-                grads = [g if g.stride() == w.stride() else torch.empty_like(w).copy_(g) for w, g in zip(fast, grads)]
+                grads = [laid_out_like(w, g) for w, g in zip(fast, grads)]
             if adam is None:
                 sgd_(fast, list(grads), config.inner_lr)
             elif per_task:

@@ -149,9 +149,13 @@ class HandwrittenNet:
                     grads[idx[1]] = g.sum(0)
                 grads[idx[0]] = g.t().mm(s[0])
                 g = g.mm(params[idx[0]]) if needs_input else None
-        # Autograd hands a gradient to the optimiser in its parameter's layout (``AccumulateGrad``).
-        return loss, out, [gr if gr.stride() == p.stride() else torch.empty_like(p).copy_(gr)
-                           for p, gr in zip(params, grads)]
+        return loss, out, [laid_out_like(p, gr) for p, gr in zip(params, grads)]
+
+
+def laid_out_like(param: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` in ``param``'s memory layout, as autograd hands a gradient to the optimiser (``AccumulateGrad``);
+    torch's fused CPU Adam needs it so (``tests/test_handwritten.py``)."""
+    return grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
 
 
 def _constants(m: nn.Module) -> tuple:
