@@ -136,8 +136,9 @@ def _fine_tune_task_by_task(model: nn.Module, fast: list, x: Tensor, y: Tensor, 
     for t in range(x.shape[0]):
         own = [w[t] for w in fast]  # views: the steps update ``fast`` in place
         adam = AdamState(own, config.inner_lr, config.adam_beta1) if config.inner_optimizer == "adam" else None
+        xs, ys = x[t][idx[t]], y[t][idx[t]]  # every step's minibatch in one gather
         for k in range(config.inner_steps):
-            loss, _, grads = net.loss_and_grads(own, x[t, idx[t, k]], y[t, idx[t, k]])
+            loss, _, grads = net.loss_and_grads(own, xs[k], ys[k])
             if adam is None:
                 sgd_(own, grads, config.inner_lr)
             else:

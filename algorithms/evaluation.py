@@ -172,9 +172,11 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
                                      config.inner_lr, config.adam_beta1)
     inner_step = InnerStep(fine, optimizer)  # Reptile's inner step: handwritten where it applies (same bits)
     first = last = None
-    for step, idx in enumerate(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)):
-        check = (lambda out, target=support_y[idx]: check_output_size(out, target, ways=ways)) if step == 0 else None
-        last = inner_step(support_x[idx], support_y[idx], check)
+    idx = torch.stack(list(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)))
+    xs, ys = support_x[idx], support_y[idx]  # every step's minibatch in one gather
+    for step in range(config.inner_steps):
+        check = (lambda out, target=ys[0]: check_output_size(out, target, ways=ways)) if step == 0 else None
+        last = inner_step(xs[step], ys[step], check)
         first = last if first is None else first
     fine.zero_grad(set_to_none=True)
     return fine, float(first), float(last)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_output_size
+from .handwritten import memory_perm, laid_out_like
 
 _ELEMENTWISE = (nn.ReLU,)
 
@@ -198,6 +199,10 @@ def memory_order(t: Tensor) -> Tensor:
     return t.reshape(-1)
 
 
+def _permuted(tensors: list[Tensor], perms: list) -> list[Tensor]:
+    return [t.permute(perm) if perm else t for t, perm in zip(tensors, perms)]
+
+
 def sgd_(params: list[Tensor], grads: list[Tensor], lr: float) -> None:
     """In place: p <- p - lr * g (torch.optim.SGD without momentum), all tensors in one foreach call."""
     torch._foreach_add_(params, grads, alpha=-lr)
@@ -232,6 +237,10 @@ class AdamState:
             count = {d: torch.zeros((), dtype=torch.float32, device=d) for d in devices}
             self.steps = [count[p.device] for p in params]
             self._counts = list(count.values())
+            # Channels-last tensors go in as contiguous memory-order views (the kernel copies such a gradient
+            # into a contiguous one first); the kernel is elementwise in memory order, so the bits are the same.
+            self.perms = [memory_perm(p) for p in params]
+            self._moments = (_permuted(self.exp_avg, self.perms), _permuted(self.exp_avg_sq, self.perms))
             return
         # beta1 = 0 (Reptile's setting) makes the first moment the gradient itself: no buffer kept.
         self.exp_avg = [torch.zeros_like(p) for p in params] if beta1 else None
@@ -243,7 +252,10 @@ class AdamState:
         if self.fused:
             for count in self._counts:  # the kernel reads the step count; the optimiser advances it
                 count.add_(1)
-            torch._fused_adam_(params, grads, self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
+            if any(self.perms):
+                grads = _permuted([laid_out_like(p, g) for p, g in zip(params, grads)], self.perms)
+                params = _permuted(params, self.perms)
+            torch._fused_adam_(params, grads, *self._moments, [], self.steps, lr=self.lr,
                                beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
                                amsgrad=False, maximize=False)
             return

@@ -7,7 +7,7 @@ benchmarks.perf.step_variants`` times the same step through autograd as variant 
 calls those backward kernels in reverse order with the arguments autograd's formulas pass them (torch's
 ``tools/autograd/derivatives.yaml``), and hands each gradient over in its parameter's memory layout,
 as autograd's gradient accumulation does. ``DirectAdam`` is a fused ``torch.optim.Adam``'s step: the
-same two kernel calls on the same state tensors. So losses, gradients and updated weights are
+same kernel on the same state tensors, without the optimiser's per-step bookkeeping. So losses, gradients and updated weights are
 bit-identical to ``loss.backward(); optimizer.step()``; ``tests/test_handwritten.py`` checks it for the
 three reference models, both memory layouts, float32 and float64.
 
@@ -181,7 +181,15 @@ _addmm = aten.addmm.default
 class DirectAdam:
     """``step(grads)`` is ``optimizer.step()`` with ``p.grad = grads``: for a fused ``torch.optim.Adam`` (one
     parameter group, no amsgrad, weight decay, hooks or tensor learning rate) the kernel calls it makes, on its
-    own state tensors; for any other optimiser the grads are set and ``optimizer.step()`` runs."""
+    own state tensors; for any other optimiser the grads are set and ``optimizer.step()`` runs.
+
+    Two things make the direct call cheaper than the optimiser's own, with the same bits (the kernel is
+    elementwise, in memory order): every parameter's step count is a 0-d view of one tensor, so a step
+    advances them all in one ``add_`` (a foreach over 0-d tensors is a loop on CPU); and a channels-last tensor
+    reaches the kernel as a contiguous view in memory order (``memory_view``), where handed over as it is the
+    kernel first copies its gradient into a contiguous one. ``grads`` must be laid out like the parameters
+    (``laid_out_like``; ``HandwrittenNet`` hands them over so).
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = optimizer
@@ -192,14 +200,34 @@ class DirectAdam:
                                 or g["weight_decay"] or g.get("decoupled_weight_decay") or torch.is_tensor(g["lr"]))
                        and not (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks))
         self.params = list(g["params"]) if len(groups) == 1 else [p for grp in groups for p in grp["params"]]
-        self.state: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None
+        self.state: dict | None = None  # what the kernel is handed, cached from the optimiser's state
 
     def _state_current(self) -> bool:
         """Whether the cached state tensors are the optimiser's (``load_state_dict`` replaces them)."""
         if not self.direct or self.state is None:
             return False
         st = self.optimizer.state.get(self.params[0])
-        return st is not None and st.get("exp_avg") is self.state[0][0]
+        return (st is not None and st.get("exp_avg") is self.state["exp_avg"] and st.get("step") is self.state["step"]
+                # a permuted view must still see its parameter's memory (``p.data = ...`` would move it)
+                and all(p.data_ptr() == v.data_ptr() for p, v, perm in zip(self.params, self.state["params"], self.perms)
+                        if perm))
+
+    def _adopt_state(self) -> None:
+        """Cache the optimiser's state for the kernel, its step counts turned into views of one tensor."""
+        st = [self.optimizer.state[p] for p in self.params]
+        counts = torch.stack([s["step"] for s in st])
+        for s, count in zip(st, counts.unbind()):
+            s["step"] = count
+        # A parameter goes in as a memory-order view where its moments share its layout (they do: torch.optim
+        # makes them with ``zeros_like``); else as it is.
+        self.perms = [memory_perm(p) if s["exp_avg"].stride() == p.stride() == s["exp_avg_sq"].stride() else None
+                      for p, s in zip(self.params, st)]
+        view = lambda t, perm: t.permute(perm) if perm else t  # noqa: E731
+        self.state = {"exp_avg": st[0]["exp_avg"], "step": st[0]["step"], "counts": counts,
+                      "steps": [s["step"] for s in st],
+                      "params": [view(p.detach(), perm) for p, perm in zip(self.params, self.perms)],
+                      "exp_avgs": [view(s["exp_avg"], perm) for s, perm in zip(st, self.perms)],
+                      "exp_avg_sqs": [view(s["exp_avg_sq"], perm) for s, perm in zip(st, self.perms)]}
 
     def step(self, grads: Sequence[Tensor]) -> None:
         if not self._state_current() or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks:
@@ -210,15 +238,29 @@ class DirectAdam:
             for p in self.params:
                 p.grad = None
             if self.direct:
-                st = [self.optimizer.state[p] for p in self.params]
-                self.state = ([s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st], [s["step"] for s in st])
+                self._adopt_state()
             return
-        g = self.optimizer.param_groups[0]
-        exp_avg, exp_avg_sq, steps = self.state
+        g, s = self.optimizer.param_groups[0], self.state
         beta1, beta2 = g["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(self.params, list(grads), exp_avg, exp_avg_sq, [], steps, amsgrad=False, lr=g["lr"],
-                           beta1=beta1, beta2=beta2, weight_decay=0.0, eps=g["eps"], maximize=False)
+        s["counts"].add_(1)
+        grads = [laid_out_like(p, gr).permute(perm) if perm else gr for p, gr, perm in zip(self.params, grads, self.perms)]
+        torch._fused_adam_(s["params"], grads, s["exp_avgs"], s["exp_avg_sqs"], [], s["steps"], amsgrad=False,
+                           lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=g["eps"], maximize=False)
+
+
+def memory_view(t: Tensor) -> Tensor:
+    """``t`` itself if contiguous, else its dimensions permuted into memory order where that makes a contiguous
+    view (a channels-last weight ``[O, I, kh, kw]`` becomes ``[O, kh, kw, I]``), else ``t``."""
+    perm = memory_perm(t)
+    return t.permute(perm) if perm else t
+
+
+def memory_perm(t: Tensor) -> list[int] | None:
+    """The permutation that makes ``t`` a contiguous view (``memory_view``); None where it is contiguous or none does."""
+    if t.is_contiguous():
+        return None
+    perm = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return perm if t.permute(perm).is_contiguous() else None
 
 
 class InnerStep:

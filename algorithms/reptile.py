@@ -111,26 +111,26 @@ class Reptile(MetaLearner):
                 self.inner_optimizer = self._new_inner_optimizer()
             x, y = batch.support_x[i], batch.support_y[i]
             inner_step = self._inner_step()
-            for step, idx in enumerate(draws[i]):
+            idx = torch.stack(draws[i])
+            xs, ys = x[idx], y[idx]  # every step's minibatch in one gather
+            for step in range(len(draws[i])):
                 check = None
                 if i == 0 and step == 0:
                     # The whole support set fixes the ways: a minibatch may miss the last label.
                     ways = None if y.is_floating_point() else int(y.max()) + 1
-                    check = lambda out, target=y[idx], ways=ways: check_output_size(out, target, ways=ways)  # noqa: E731
-                losses.append(inner_step(x[idx], y[idx], check))
-            with torch.no_grad():
-                for m, p, t in zip(moved, params, theta):
-                    m.add_(p - t)
-                    p.copy_(t)
+                    check = lambda out, target=ys[0], ways=ways: check_output_size(out, target, ways=ways)  # noqa: E731
+                losses.append(inner_step(xs[step], ys[step], check))
+            with torch.no_grad():  # foreach: the same elementwise kernels, one call for all tensors
+                torch._foreach_add_(moved, torch._foreach_sub(params, theta))
+                torch._foreach_copy_(params, theta)
         self.inner_optimizer.zero_grad(set_to_none=True)
-        grads = [-m / len(batch) for m in moved]
+        grads = torch._foreach_div(torch._foreach_neg(moved), len(batch))
         return grads, checked_metrics(self, grads, losses)
 
     def apply_meta_gradient(self, grads: list[Tensor]) -> dict[str, float]:
         eps = self.epsilon()
         with torch.no_grad():
-            for p, g in zip(self.model.parameters(), grads):
-                p.sub_(eps * g)
+            torch._foreach_sub_(list(self.model.parameters()), torch._foreach_mul(grads, eps))
         self.iteration += 1
         return {"epsilon": eps}
 

@@ -20,7 +20,7 @@ from _tiny import one_thread, tiny_bn_net  # noqa: F401 (one_thread: autouse fix
 from algorithms import MetaConfig, build_learner, task_loss
 from datasets.tasks import TaskBatch
 from algorithms.functional import flat_views, memory_order
-from algorithms.handwritten import DirectAdam, HandwrittenNet, InnerStep
+from algorithms.handwritten import DirectAdam, HandwrittenNet, InnerStep, memory_view
 from algorithms.models import MiniImageNetCNN, OmniglotCNN, SineMLP
 from algorithms.reptile import make_inner_optimizer
 
@@ -115,6 +115,33 @@ def test_direct_adam_takes_the_optimisers_own_step_where_it_cannot_call_the_kern
                 torch.optim.SGD(params, lr=0.1)):
         assert not DirectAdam(opt).direct
     assert DirectAdam(torch.optim.Adam(params, lr=1e-3, fused=True)).direct
+
+
+def test_memory_view_is_a_contiguous_view_of_the_same_memory_in_its_order():
+    weight = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    view = memory_view(weight)
+    assert view.is_contiguous() and view.shape == (4, 2, 2, 3) and view.data_ptr() == weight.data_ptr()
+    assert torch.equal(view, weight.permute(0, 2, 3, 1))
+    plain, strided = torch.randn(4, 3), torch.randn(4, 6)[:, ::2]
+    assert memory_view(plain) is plain and memory_view(strided) is strided  # contiguous; no dense order
+
+
+def test_direct_adam_steps_every_count_at_once_and_hands_the_kernel_nothing_to_copy():
+    """Its step counts are views of one tensor (one increment a step), and a channels-last weight reaches the
+    fused kernel as a memory-order view: handed over as it is, the kernel copies its gradient first."""
+    model, x, y = _case("omniglot", torch.float32, True, batch=10)
+    opt = make_inner_optimizer(model.parameters(), "adam", 1e-3, 0.0)
+    step = InnerStep(model, opt)
+    for _ in range(2):
+        step(x, y)
+    counts = [opt.state[p]["step"] for p in model.parameters()]
+    assert len({c.untyped_storage().data_ptr() for c in counts}) == 1 and all(c.item() == 2 for c in counts)
+    with torch.profiler.profile() as prof:
+        step(x, y)
+    names = [e.name for e in prof.events()]
+    assert "aten::_fused_adam_" in names and "aten::contiguous" not in names and "aten::_foreach_add_" not in names
+    assert all(c.item() == 3 for c in counts)
+    copy.deepcopy(step)  # what it caches are plain tensors (the runner deep-copies learners to probe memory)
 
 
 def test_what_it_does_not_support_keeps_autograd():
