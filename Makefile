@@ -44,6 +44,7 @@ perf: setup
 	$(PY) -m benchmarks.perf.step_variants --json results/profile/step_variants_cpu.json
 	$(PY) -m benchmarks.perf.allocator --json results/profile/allocator_cpu.json
 	$(PY) -m benchmarks.perf.time_meta_step --layouts --steps 5 --warmup 1 --json results/profile/layouts_cpu.json
+	$(PY) -m benchmarks.perf.conv_calls --json results/profile/conv_calls_cpu.json
 	$(PY) -m benchmarks.reporting.readme
 
 # --jobs auto: one training per core, each pinned to its own core (results identical to --jobs 1; the

@@ -2,8 +2,8 @@
 Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
 ``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
 (``benchmarks.perf.profile_reptile``), ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``),
-``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``) and ``results/profile/layouts_cpu.json``
-(``benchmarks.perf.time_meta_step --layouts``).
+``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``), ``results/profile/layouts_cpu.json``
+(``benchmarks.perf.time_meta_step --layouts``) and ``results/profile/conv_calls_cpu.json`` (``benchmarks.perf.conv_calls``).
 """
 from __future__ import annotations
 
@@ -136,3 +136,23 @@ def layouts_lines(results_dir: Path, link) -> list[str]:
             f"keeps the default; {link(path)}):", "",
             "| Setting | Contiguous | Channels-last | Channels-last ÷ contiguous (median; per round) |",
             "|---|---|---|---|", *rows]
+
+
+def conv_calls_lines(results_dir: Path, link) -> list[str]:
+    """Each convolution call against the oneDNN kernels it runs (``benchmarks.perf.conv_calls``)."""
+    path = results_dir / "profile" / "conv_calls_cpu.json"
+    data = _load(path)
+    if data is None:
+        return []
+    us = lambda s: f"{s * 1e6:.0f} µs"  # noqa: E731
+    rows = [f"| {name} | {us(c['call_s'])} | {us(c['kernels_s'])} | {us(c['call_s'] - c['kernels_s'])} "
+            f"({100 * (1 - c['kernels_s'] / c['call_s']):.0f}%) |" for name, c in data["cases"].items()]
+    rows += [f"| batch {b}: one inner step's eight calls | {us(c['call_s'])} | {us(c['kernels_s'])} "
+             f"| {us(c['call_s'] - c['kernels_s'])} ({100 * (1 - c['kernels_s'] / c['call_s']):.0f}%) |"
+             for b, c in data["per_inner_step"].items()]
+    return [f"Each convolution call of the inner step against the oneDNN kernels it runs (`python -m "
+            f"benchmarks.perf.conv_calls`: the Omniglot net's layers channels-last, median of {data['rounds']} "
+            f"rounds of {data['calls']} calls, {data['clock']}, {data['device']}; kernels: the primitive times "
+            f"oneDNN's verbose mode reports, convolutions and weight reorders; the rest: torch's and ideep's work "
+            f"around them; {link(path)}):", "",
+            "| Call | Whole call | oneDNN kernels | The rest |", "|---|---|---|---|", *rows]

@@ -211,6 +211,9 @@ def build_section(readme: Path, results_dir: Path) -> str:
     layouts = against_official.layouts_lines(results_dir, link)
     if layouts:
         out += [*layouts, ""]
+    conv_calls = against_official.conv_calls_lines(results_dir, link)
+    if conv_calls:
+        out += [*conv_calls, ""]
     evaluation = eval_lines(results_dir / "eval", readme)
     if evaluation:
         out += ["#### Batched evaluation (`python -m benchmarks.perf.eval_throughput`; `make perf`)", "", *evaluation, ""]
