@@ -27,6 +27,16 @@ SMALL_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 os.environ["REPTILE_BENCH_OFFLINE"] = "1"
 
 
+@pytest.fixture
+def restore_threads():
+    """For a test of a command that sets torch's thread count (the perf commands pin 1): put it back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def hermetic_cache(tmp_path_factory) -> Path:
     """Point REPTILE_BENCH_CACHE at a session-wide temporary folder."""

@@ -43,12 +43,8 @@ def test_bad_counts_exit_2_naming_the_flag(capsys):
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
-def test_it_runs_end_to_end_and_the_readme_renders_it(tmp_path):
-    before = torch.get_num_threads()
-    try:
-        conv_calls.main(["--calls", "2", "--rounds", "1", "--json", str(tmp_path / "profile" / "conv_calls_cpu.json")])
-    finally:
-        torch.set_num_threads(before)
+def test_it_runs_end_to_end_and_the_readme_renders_it(tmp_path, restore_threads):
+    conv_calls.main(["--calls", "2", "--rounds", "1", "--json", str(tmp_path / "profile" / "conv_calls_cpu.json")])
     report = json.loads((tmp_path / "profile" / "conv_calls_cpu.json").read_text())
     assert len(report["cases"]) == 16 and set(report["per_inner_step"]) == {"5", "10"}
     for case in report["cases"].values():

@@ -10,18 +10,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from benchmarks.perf import step_variants
 from benchmarks.reporting.against_official import variants_lines
 
 
-def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(tmp_path):
-    before = torch.get_num_threads()
-    try:
-        step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
-    finally:
-        torch.set_num_threads(before)
+def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(tmp_path, restore_threads):
+    step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
     report = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())
     variants = report["variants"]
     assert set(variants) == {"as run", "autograd", "foreach Adam", "contiguous", "before", "oneDNN off", "compiled step"}
@@ -39,18 +34,14 @@ def test_variants_json_names_which_keep_the_numbers_and_the_readme_renders_them(
     assert variants_lines(tmp_path / "nothing", str) == []
 
 
-def test_a_variant_that_cannot_run_is_reported_and_the_others_timed(tmp_path, monkeypatch):
+def test_a_variant_that_cannot_run_is_reported_and_the_others_timed(tmp_path, monkeypatch, restore_threads):
     def broken(learner):
         def context():
             raise RuntimeError("no C++ compiler found")
         return context
 
     monkeypatch.setattr(step_variants, "VARIANTS", {"as run": step_variants.VARIANTS["as run"], "broken": broken})
-    before = torch.get_num_threads()
-    try:
-        step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
-    finally:
-        torch.set_num_threads(before)
+    step_variants.main(["--rounds", "1", "--steps", "1", "--json", str(tmp_path / "profile" / "step_variants_cpu.json")])
     variants = json.loads((tmp_path / "profile" / "step_variants_cpu.json").read_text())["variants"]
     assert variants["broken"] == {"error": "RuntimeError: no C++ compiler found"}
     assert variants["as run"]["step_s_median"] > 0
