@@ -7,9 +7,10 @@ benchmarks.perf.step_variants`` times the same step through autograd as variant 
 calls those backward kernels in reverse order with the arguments autograd's formulas pass them (torch's
 ``tools/autograd/derivatives.yaml``), and hands each gradient over in its parameter's memory layout,
 as autograd's gradient accumulation does. ``DirectAdam`` is a fused ``torch.optim.Adam``'s step: the
-same kernel on the same state tensors, without the optimiser's per-step bookkeeping. So losses, gradients and updated weights are
-bit-identical to ``loss.backward(); optimizer.step()``; ``tests/test_handwritten.py`` checks it for the
-three reference models, both memory layouts, float32 and float64.
+same kernel on the same state tensors, without the optimiser's per-step bookkeeping. So losses,
+gradients and updated weights are bit-identical to ``loss.backward(); optimizer.step()``;
+``tests/test_handwritten.py`` checks it for the three reference models, both memory layouts, float32
+and float64.
 
 Supported: an ``nn.Sequential`` of Conv2d, BatchNorm2d without running statistics, ReLU, MaxPool2d,
 Flatten and Linear whose parameters all train, on CPU, with ``base.task_loss`` (cross-entropy for labels,
@@ -209,8 +210,8 @@ class DirectAdam:
         st = self.optimizer.state.get(self.params[0])
         return (st is not None and st.get("exp_avg") is self.state["exp_avg"] and st.get("step") is self.state["step"]
                 # a permuted view must still see its parameter's memory (``p.data = ...`` would move it)
-                and all(p.data_ptr() == v.data_ptr() for p, v, perm in zip(self.params, self.state["params"], self.perms)
-                        if perm))
+                and all(p.data_ptr() == v.data_ptr()
+                        for p, v, perm in zip(self.params, self.state["params"], self.perms) if perm))
 
     def _adopt_state(self) -> None:
         """Cache the optimiser's state for the kernel, its step counts turned into views of one tensor."""
@@ -243,7 +244,8 @@ class DirectAdam:
         g, s = self.optimizer.param_groups[0], self.state
         beta1, beta2 = g["betas"]
         s["counts"].add_(1)
-        grads = [laid_out_like(p, gr).permute(perm) if perm else gr for p, gr, perm in zip(self.params, grads, self.perms)]
+        grads = [laid_out_like(p, gr).permute(perm) if perm else gr
+                 for p, gr, perm in zip(self.params, grads, self.perms)]
         torch._fused_adam_(s["params"], grads, s["exp_avgs"], s["exp_avg_sqs"], [], s["steps"], amsgrad=False,
                            lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=g["eps"], maximize=False)
 
@@ -256,7 +258,8 @@ def memory_view(t: Tensor) -> Tensor:
 
 
 def memory_perm(t: Tensor) -> list[int] | None:
-    """The permutation that makes ``t`` a contiguous view (``memory_view``); None where it is contiguous or none does."""
+    """The permutation that makes ``t`` a contiguous view (``memory_view``); None where ``t`` is contiguous or
+    no permutation makes it so."""
     if t.is_contiguous():
         return None
     perm = sorted(range(t.dim()), key=lambda d: -t.stride(d))

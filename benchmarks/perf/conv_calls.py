@@ -116,8 +116,9 @@ def measure(calls: int, rounds: int) -> dict:
     kernels = kernel_times(p.stdout, min(calls, 50))
     missing = [n for n in totals if n not in kernels or kernels[n]["kernels_s"] is None]
     if missing:
+        onednn = torch.backends.mkldnn.is_available()
         raise SystemExit(f"error: oneDNN's verbose mode reported no primitive for {missing[0]!r}: is this torch "
-                         f"built with oneDNN (torch.backends.mkldnn.is_available() = {torch.backends.mkldnn.is_available()})?")
+                         f"built with oneDNN (torch.backends.mkldnn.is_available() = {onednn})?")
     cases = {n: {"call_s": t, "kernels_s": kernels[n]["kernels_s"], "primitives_per_call": kernels[n]["primitives"]}
              for n, t in totals.items()}
     # One inner step's convolutions: every layer forward and backward.

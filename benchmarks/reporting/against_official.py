@@ -3,7 +3,8 @@ Reptile meta-step's time goes, and what was tried to make it faster. Pure functi
 ``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
 (``benchmarks.perf.profile_reptile``), ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``),
 ``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``), ``results/profile/layouts_cpu.json``
-(``benchmarks.perf.time_meta_step --layouts``) and ``results/profile/conv_calls_cpu.json`` (``benchmarks.perf.conv_calls``).
+(``benchmarks.perf.time_meta_step --layouts``) and ``results/profile/conv_calls_cpu.json``
+(``benchmarks.perf.conv_calls``).
 """
 from __future__ import annotations
 
