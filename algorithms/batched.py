@@ -58,14 +58,14 @@ from .base import MetaConfig, checked_metrics, register, register_orders, task_l
 from .functional import AdamState, TaskNet, flat_views, memory_order, sgd_
 from .handwritten import HandwrittenNet
 from .maml import MAML
-from .minibatch import cycle_minibatches
+from .minibatch import minibatch_indices
 from .models import channels_last_applies
 from .reptile import Reptile
 
 
 def _draw_minibatches(n: int, tasks: int, batch_size: int, steps: int, generator: torch.Generator) -> Tensor:
     """Indices [tasks, steps, batch]: the reference's draws, task after task, from the same generator."""
-    return torch.stack([torch.stack(list(cycle_minibatches(n, batch_size, steps, generator))) for _ in range(tasks)])
+    return torch.stack([minibatch_indices(n, batch_size, steps, generator) for _ in range(tasks)])
 
 
 class Chunk:

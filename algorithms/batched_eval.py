@@ -16,8 +16,8 @@ In float64 the per-task scores equal the serial evaluator's (``tests/test_batche
 network runs task by task (``CONV_MODE``) on the serial evaluator's memory layout, and Adam is the fused
 kernel on each task's own tensors, so float32 scores and fine-tuned weights are bit-identical too; in loop
 mode, where ``handwritten.HandwrittenNet`` supports the net (on CPU, every weight fine-tuned), each task takes
-all its steps in turn with the serial evaluator's handwritten inner step, its weights and moments in cache. On CUDA a grouped
-convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
+all its steps in turn with the serial evaluator's handwritten inner step, its weights and moments in cache.
+On CUDA a grouped convolution rounds differently from T separate ones, which can flip a prediction whose two top logits
 are within rounding; ``python -m benchmarks.perf.eval_throughput --agreement`` counts such flips on the
 default suite's pools, for both modes.
 
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .handwritten import HandwrittenNet, laid_out_like
-from .minibatch import cycle_minibatches
+from .minibatch import minibatch_indices
 from .models import channels_last_applies
 
 TASK_BATCH = {"cpu": 25, "cuda": 500}
@@ -85,8 +85,8 @@ def fine_tune(net: TaskNet, theta: list, batch, config: EvalConfig, indices: ran
     if config.inner_steps == 0:
         return fast
     x, y = batch.support_x, batch.support_y
-    idx = torch.stack([torch.stack(list(cycle_minibatches(x.shape[1], config.inner_batch, config.inner_steps,
-                                                          finetune_generator(config.seed, i)))) for i in indices])
+    idx = torch.stack([minibatch_indices(x.shape[1], config.inner_batch, config.inner_steps,
+                                         finetune_generator(config.seed, i)) for i in indices])
     idx = idx.to(x.device)
     rows = torch.arange(T, device=x.device)[:, None]
     # Only the adapted tensors (all, or the head's: EvalConfig.adapt_head_modules) get gradients and steps.

@@ -42,7 +42,7 @@ from datasets.tasks import INDEX_BITS, INDEX_LIMIT, SEED_LIMIT, stream_key
 
 from .base import DivergedError, check_output_size, task_loss
 from .handwritten import InnerStep
-from .minibatch import cycle_minibatches
+from .minibatch import minibatch_indices
 from .models import channels_last_on_cpu
 from .reptile import make_inner_optimizer
 
@@ -173,7 +173,7 @@ def _adapt(model, support_x, support_y, config: EvalConfig, generator) -> tuple[
                                      config.inner_lr, config.adam_beta1)
     inner_step = InnerStep(fine, optimizer)  # Reptile's inner step: handwritten where it applies (same bits)
     first = last = None
-    idx = torch.stack(list(cycle_minibatches(support_x.shape[0], config.inner_batch, config.inner_steps, generator)))
+    idx = minibatch_indices(support_x.shape[0], config.inner_batch, config.inner_steps, generator)
     xs, ys = support_x[idx], support_y[idx]  # every step's minibatch in one gather
     for step in range(config.inner_steps):
         check = (lambda out, target=ys[0]: check_output_size(out, target, ways=ways)) if step == 0 else None

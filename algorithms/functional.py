@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_output_size
-from .handwritten import memory_perm, laid_out_like
+from .handwritten import laid_out_like, memory_perm, memory_view, permuted
 
 _ELEMENTWISE = (nn.ReLU,)
 
@@ -194,13 +194,7 @@ def flat_views(tensors: Sequence[Tensor], channels_last: bool = False) -> tuple[
 
 def memory_order(t: Tensor) -> Tensor:
     """``t``'s elements in the order they lie in memory (contiguous or channels-last), flat; a view when it can."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(-1)
-    return t.reshape(-1)
-
-
-def _permuted(tensors: list[Tensor], perms: list) -> list[Tensor]:
-    return [t.permute(perm) if perm else t for t, perm in zip(tensors, perms)]
+    return memory_view(t).reshape(-1)
 
 
 def sgd_(params: list[Tensor], grads: list[Tensor], lr: float) -> None:
@@ -240,7 +234,7 @@ class AdamState:
             # Channels-last tensors go in as contiguous memory-order views (the kernel copies such a gradient
             # into a contiguous one first); the kernel is elementwise in memory order, so the bits are the same.
             self.perms = [memory_perm(p) for p in params]
-            self._moments = (_permuted(self.exp_avg, self.perms), _permuted(self.exp_avg_sq, self.perms))
+            self._moments = (permuted(self.exp_avg, self.perms), permuted(self.exp_avg_sq, self.perms))
             return
         # beta1 = 0 (Reptile's setting) makes the first moment the gradient itself: no buffer kept.
         self.exp_avg = [torch.zeros_like(p) for p in params] if beta1 else None
@@ -253,8 +247,8 @@ class AdamState:
             for count in self._counts:  # the kernel reads the step count; the optimiser advances it
                 count.add_(1)
             if any(self.perms):
-                grads = _permuted([laid_out_like(p, g) for p, g in zip(params, grads)], self.perms)
-                params = _permuted(params, self.perms)
+                grads = permuted([laid_out_like(p, g) for p, g in zip(params, grads)], self.perms)
+                params = permuted(params, self.perms)
             torch._fused_adam_(params, grads, *self._moments, [], self.steps, lr=self.lr,
                                beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps,
                                amsgrad=False, maximize=False)

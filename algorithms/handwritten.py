@@ -210,8 +210,7 @@ class DirectAdam:
         st = self.optimizer.state.get(self.params[0])
         return (st is not None and st.get("exp_avg") is self.state["exp_avg"] and st.get("step") is self.state["step"]
                 # a permuted view must still see its parameter's memory (``p.data = ...`` would move it)
-                and all(p.data_ptr() == v.data_ptr()
-                        for p, v, perm in zip(self.params, self.state["params"], self.perms) if perm))
+                and all(p.data_ptr() == v.data_ptr() for p, v in self.state["views_of"]))
 
     def _adopt_state(self) -> None:
         """Cache the optimiser's state for the kernel, its step counts turned into views of one tensor."""
@@ -223,12 +222,13 @@ class DirectAdam:
         # makes them with ``zeros_like``); else as it is.
         self.perms = [memory_perm(p) if s["exp_avg"].stride() == p.stride() == s["exp_avg_sq"].stride() else None
                       for p, s in zip(self.params, st)]
-        view = lambda t, perm: t.permute(perm) if perm else t  # noqa: E731
+        # (A view of a parameter would be a graph node: it is taken of the detached tensor, same memory.)
+        views = [p.detach().permute(perm) if perm else p for p, perm in zip(self.params, self.perms)]
         self.state = {"exp_avg": st[0]["exp_avg"], "step": st[0]["step"], "counts": counts,
-                      "steps": [s["step"] for s in st],
-                      "params": [view(p.detach(), perm) for p, perm in zip(self.params, self.perms)],
-                      "exp_avgs": [view(s["exp_avg"], perm) for s, perm in zip(st, self.perms)],
-                      "exp_avg_sqs": [view(s["exp_avg_sq"], perm) for s, perm in zip(st, self.perms)]}
+                      "steps": [s["step"] for s in st], "params": views,
+                      "views_of": [(p, v) for p, v, perm in zip(self.params, views, self.perms) if perm],
+                      "exp_avgs": permuted([s["exp_avg"] for s in st], self.perms),
+                      "exp_avg_sqs": permuted([s["exp_avg_sq"] for s in st], self.perms)}
 
     def step(self, grads: Sequence[Tensor]) -> None:
         if not self._state_current() or _optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks:
@@ -244,8 +244,8 @@ class DirectAdam:
         g, s = self.optimizer.param_groups[0], self.state
         beta1, beta2 = g["betas"]
         s["counts"].add_(1)
-        grads = [laid_out_like(p, gr).permute(perm) if perm else gr
-                 for p, gr, perm in zip(self.params, grads, self.perms)]
+        grads = [laid_out_like(p, gr) if perm else gr for p, gr, perm in zip(self.params, grads, self.perms)]
+        grads = permuted(grads, self.perms)
         torch._fused_adam_(s["params"], grads, s["exp_avgs"], s["exp_avg_sqs"], [], s["steps"], amsgrad=False,
                            lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=g["eps"], maximize=False)
 
@@ -255,6 +255,11 @@ def memory_view(t: Tensor) -> Tensor:
     view (a channels-last weight ``[O, I, kh, kw]`` becomes ``[O, kh, kw, I]``), else ``t``."""
     perm = memory_perm(t)
     return t.permute(perm) if perm else t
+
+
+def permuted(tensors: Sequence[Tensor], perms: Sequence[list[int] | None]) -> list[Tensor]:
+    """Each tensor permuted by its ``memory_perm`` (None: as it is)."""
+    return [t.permute(perm) if perm else t for t, perm in zip(tensors, perms)]
 
 
 def memory_perm(t: Tensor) -> list[int] | None:

@@ -38,3 +38,8 @@ def cycle_minibatches(n: int, batch_size: int, num_batches: int, generator: torc
             order = torch.cat([order, torch.randperm(n, generator=generator)])
         yield order[:size]
         order = order[size:]
+
+
+def minibatch_indices(n: int, batch_size: int, num_batches: int, generator: torch.Generator) -> Tensor:
+    """``cycle_minibatches``' draws stacked, ``[num_batches, batch]``: one indexing call gathers every minibatch."""
+    return torch.stack(list(cycle_minibatches(n, batch_size, num_batches, generator)))

@@ -35,7 +35,7 @@ from datasets.tasks import TaskBatch
 
 from .base import MetaConfig, MetaLearner, check_output_size, checked_metrics, register
 from .handwritten import HandwrittenNet, InnerStep
-from .minibatch import cycle_minibatches
+from .minibatch import minibatch_indices
 from .models import channels_last_on_cpu
 
 
@@ -111,8 +111,7 @@ class Reptile(MetaLearner):
                 self.inner_optimizer = self._new_inner_optimizer()
             x, y = batch.support_x[i], batch.support_y[i]
             inner_step = self._inner_step()
-            idx = torch.stack(draws[i])
-            xs, ys = x[idx], y[idx]  # every step's minibatch in one gather
+            xs, ys = x[draws[i]], y[draws[i]]  # every step's minibatch in one gather
             for step in range(len(draws[i])):
                 check = None
                 if i == 0 and step == 0:
@@ -134,10 +133,11 @@ class Reptile(MetaLearner):
         self.iteration += 1
         return {"epsilon": eps}
 
-    def draw_minibatches(self, n: int, tasks: int) -> list[list[Tensor]]:
-        """Each task's inner minibatch indices, task after task from ``self.generator`` (the official order)."""
+    def draw_minibatches(self, n: int, tasks: int) -> list[Tensor]:
+        """Each task's inner minibatch indices ``[steps, batch]``, task after task from ``self.generator`` (the
+        official order)."""
         c = self.config
-        return [list(cycle_minibatches(n, c.inner_batch, c.inner_steps, self.generator)) for _ in range(tasks)]
+        return [minibatch_indices(n, c.inner_batch, c.inner_steps, self.generator) for _ in range(tasks)]
 
     def skip_tasks(self, batch: TaskBatch, count: int) -> None:
         self.draw_minibatches(batch.support_x.shape[1], count)

@@ -6,8 +6,9 @@ The default suite's Reptile (reference backend, inner Adam kept across tasks): O
 10 shots, meta-batch 5, 5 inner Adam steps (lr 0.001, beta1 0) on minibatches of 10. The profiler's self
 CPU time of every op is summed into kinds: convolution forward / backward, batch norm forward / backward,
 ReLU, the linear head and loss, the inner Adam (everything under ``Optimizer.step``, or under the handwritten
-step's ``DirectAdam.step``, labelled for the profiled steps only), copies and indexing, other ops. The profiler adds a few microseconds to every op, which inflates the kinds made of many small ops;
-so the same steps are also timed unprofiled, and both totals are reported.
+step's ``DirectAdam.step``, labelled for the profiled steps only), copies and indexing, other ops. The
+profiler adds a few microseconds to every op, which inflates the kinds made of many small ops; so the same
+steps are also timed unprofiled, and both totals are reported.
 """
 from __future__ import annotations
 
