@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_output_size
-from .handwritten import laid_out_like, memory_perm, memory_view, permuted
+from .handwritten import laid_out_like, memory_perm, permuted
 
 _ELEMENTWISE = (nn.ReLU,)
 
@@ -193,8 +193,11 @@ def flat_views(tensors: Sequence[Tensor], channels_last: bool = False) -> tuple[
 
 
 def memory_order(t: Tensor) -> Tensor:
-    """``t``'s elements in the order they lie in memory (contiguous or channels-last), flat; a view when it can."""
-    return memory_view(t).reshape(-1)
+    """``t``'s elements flat in the order ``flat_views`` lays them out: memory order for a channels-last 4-D tensor,
+    else the logical order (not ``handwritten.memory_view``: a gradient of another layout keeps its logical order)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(-1)
+    return t.reshape(-1)
 
 
 def sgd_(params: list[Tensor], grads: list[Tensor], lr: float) -> None:
