@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
-.PHONY: setup setup-learn2learn peer-official-reptile test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
+.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -79,6 +79,13 @@ gpu-import: setup
 peer-official-reptile: setup
 	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
 	$(PY) -m benchmarks.peers.official_reptile --checkout "$(REPTILE_CHECKOUT)"
+	$(PY) -m benchmarks.cli tables
+	$(PY) -m benchmarks.reporting.readme
+
+# The authors' code trained at the default suite's Reptile settings and scored on its evaluation tasks.
+peer-official-reptile-accuracy: setup
+	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile-accuracy REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
+	$(PY) -m benchmarks.peers.official_reptile_accuracy --checkout "$(REPTILE_CHECKOUT)"
 	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
 

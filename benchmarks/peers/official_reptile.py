@@ -159,15 +159,20 @@ def run_one(who: str, threads: int, args, python: str, code: Path, data: Path, e
     return parse(p.stdout)
 
 
-def parse(stdout: str) -> dict:
-    """The JSON object a timing run printed last (TensorFlow may print other lines before it)."""
+def parse_last_json(stdout: str) -> dict:
+    """The JSON object a run printed last (TensorFlow may print other lines before it)."""
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):
-            data = json.loads(line)
-            if not data.get("wall_s") or len(data["wall_s"]) != len(data.get("cpu_s", [])):
-                raise PeerError(f"a timing run printed no per-iteration times: {line[:200]}")
-            return data
-    raise PeerError(f"a timing run printed no result; its output ended with: {stdout.strip()[-500:]!r}")
+            return json.loads(line)
+    raise PeerError(f"a peer run printed no result; its output ended with: {stdout.strip()[-500:]!r}")
+
+
+def parse(stdout: str) -> dict:
+    """The timing a run printed last; PeerError without per-iteration times."""
+    data = parse_last_json(stdout)
+    if not data.get("wall_s") or len(data["wall_s"]) != len(data.get("cpu_s", [])):
+        raise PeerError(f"a timing run printed no per-iteration times: {json.dumps(data)[:200]}")
+    return data
 
 
 def median_step(result: dict) -> float:

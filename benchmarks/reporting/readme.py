@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.records.collect import load_rows
-from benchmarks.reporting import against_official, implementations
+from benchmarks.reporting import against_official, implementations, official_accuracy
 from benchmarks.reporting.table_format import write_text_atomic
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -196,8 +196,11 @@ def build_section(readme: Path, results_dir: Path) -> str:
         out += ["#### Distance to the hardware floor (`python -m benchmarks.perf.limits`; `make perf`)", "", *limits, ""]
     link = lambda p: _link(p, readme)  # noqa: E731
     peers = against_official.peer_lines(results_dir, link)
-    if peers:
+    rows = load_rows(results_dir)[0] if results_dir.is_dir() else None
+    accuracy = official_accuracy.lines(rows, link) if rows is not None else []
+    if peers or accuracy:
         out += ["#### Against the authors' code (`make peer-official-reptile`)", "", *peers, ""]
+        out += [*accuracy, ""] if accuracy else []
     profile = against_official.profile_lines(results_dir, link)
     if profile:
         out += ["#### Where a Reptile meta-step's time goes (`python -m benchmarks.perf.profile_reptile`; `make perf`)",
@@ -220,7 +223,6 @@ def build_section(readme: Path, results_dir: Path) -> str:
     parallel = distributed_lines(results_dir / "distributed", readme)
     if parallel:
         out += ["#### Data-parallel training (`python -m benchmarks.perf.data_parallel`; `make perf`)", "", *parallel, ""]
-    rows = load_rows(results_dir)[0] if results_dir.is_dir() else None
     compared = implementations.lines(results_dir, rows) if rows is not None else []
     if compared:
         out += ["#### MAML implementations compared (`make perf`, scaling sweep)", "", *compared, ""]
