@@ -89,7 +89,7 @@ def export_tasks(cell, path: Path) -> Path:
 
 
 def rows_for(training, result: dict, versions: str, official_commit: str, threads: int, command: str,
-             git: dict) -> list[tuple[dict, list[float]]]:
+             git: dict, eval_optimizer: str = "trained") -> list[tuple[dict, list[float]]]:
     """One (row, per-task scores in %) per cell of ``training``, in this project's schema."""
     import hashlib
 
@@ -105,10 +105,12 @@ def rows_for(training, result: dict, versions: str, official_commit: str, thread
         scores = [100.0 * c / e["ways"] for c in e["correct"]]
         summary = summarize(scores, "accuracy", "serial")  # task by task, as the official code scores
         config = {"implementation": "openai/supervised-reptile", "official_commit": official_commit,
-                  "threads": threads, "cell": cell.to_dict(), "cell_config_hash": cell.config_hash()}
+                  "threads": threads, "eval_optimizer": eval_optimizer, "cell": cell.to_dict(),
+                  "cell_config_hash": cell.config_hash()}
         config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
         row = {
-            "schema_version": SCHEMA_VERSION, "suite": SUITE, "cell": f"official-{cell.cell}", "algorithm": "reptile",
+            "schema_version": SCHEMA_VERSION, "suite": SUITE, "cell": f"official-{cell.cell}" + ("" if eval_optimizer == "trained" else "-fresh-adam"),
+            "algorithm": "reptile",
             "backend": "official-tf", "dataset": cell.dataset, "split": cell.split, "ways": cell.ways,
             "shots": cell.shots, "transductive": cell.eval.transductive, "first_order": True,
             "inner_steps": cell.learner.inner_steps, "eval_inner_steps": cell.eval.inner_steps, "seed": cell.seed,
@@ -127,9 +129,10 @@ def rows_for(training, result: dict, versions: str, official_commit: str, thread
     return out
 
 
-def run_training(training, python: str, code: Path, data: Path, tmp: Path, threads: int) -> dict:
+def run_training(training, python: str, code: Path, data: Path, tmp: Path, threads: int,
+                 eval_optimizer: str = "trained") -> dict:
     """Export the cells' tasks, run the driver once, and return its parsed output."""
-    settings = official_settings(training)
+    settings = {**official_settings(training), "eval_optimizer": eval_optimizer}
     settings["evaluations"] = [
         {"name": c.cell, "transductive": c.eval.transductive, "inner_steps": c.eval.inner_steps,
          "inner_batch": c.eval.inner_batch or c.ways * c.shots,
@@ -160,6 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("--suite", default="default", help="the suite whose Reptile cells are run (default: default)")
     ap.add_argument("--cells", default="*reptile*", help="which of its cells (glob; default: *reptile*)")
     ap.add_argument("--threads", type=int, default=1, help="TensorFlow threads (0: its default; default 1)")
+    ap.add_argument("--eval-optimizer", choices=["trained", "fresh"], default="trained",
+                    help="trained: the official code as it is (each evaluation task fine-tunes from the training "
+                         "Adam's moments); fresh: Adam reset before every task, as this project's evaluator does "
+                         "(rows named official-<cell>-fresh-adam)")
     ap.add_argument("--out", default=str(REPO / "results"), help="results folder")
     args = ap.parse_args(argv)
     from benchmarks.records import provenance
@@ -188,9 +195,10 @@ def main(argv=None) -> int:
             code = patch_copy(checkout, tmp / "supervised-reptile")
             lay_out_small_split(Path(os.environ.get("OMNIGLOT_ROOT") or REPO / "data" / "omniglot"), tmp / "omniglot")
             for t in trainings:
-                result = run_training(t, python, code, tmp / "omniglot", tmp, args.threads)
+                result = run_training(t, python, code, tmp / "omniglot", tmp, args.threads, args.eval_optimizer)
                 versions = f"tensorflow {result.get('tensorflow')} (compat.v1 graph), openai/supervised-reptile {commit}"
-                for row, scores in rows_for(t, result, versions, commit, args.threads, command, git):
+                for row, scores in rows_for(t, result, versions, commit, args.threads, command, git,
+                                            args.eval_optimizer):
                     write_result(Path(args.out) / SUITE, row, [], scores)  # each training's rows as it ends
                     written.append(row)
                     print(f"  {row['cell']}: {row['metric_mean']:.2f} ± {row['metric_ci95']:.2f} % "

@@ -19,6 +19,8 @@ lists with ``Reptile.evaluate``: the tasks are this project's (a ``.npy`` of [ta
 each class's query image first), handed over as classes whose ``sample`` returns them in that order, so
 ``_split_train_test`` takes the query image as the official code takes its first. The label order and the
 fine-tuning minibatches are the official code's own draws. Prints the correct count of every task.
+``"eval_optimizer": "fresh"`` in the file resets Adam's moments and step count before every evaluation task
+(the official ``evaluate`` starts from the training's, and restores them afterwards).
 """
 import argparse
 import json
@@ -117,6 +119,10 @@ def accuracy(args, tf, OmniglotModel, Reptile, augment_dataset, read_dataset):
         reptile = Reptile(sess, transductive=False)
         scorers = {t: Reptile(sess, transductive=t) for t in (False, True)}
         sess.run(tf.global_variables_initializer())
+        fresh = None
+        if s.get("eval_optimizer") == "fresh":  # Adam's moments and step count back to their initial values
+            trainable = set(tf.trainable_variables())
+            fresh = tf.variables_initializer([v for v in tf.global_variables() if v not in trainable])
         for i in range(s["meta_iterations"]):
             w0 = time.perf_counter()
             frac_done = i / s["meta_iterations"]  # supervised_reptile.train's schedule
@@ -130,6 +136,8 @@ def accuracy(args, tf, OmniglotModel, Reptile, augment_dataset, read_dataset):
             tasks = np.load(e["tasks"])
             w0, correct = time.perf_counter(), []
             for task in tasks:
+                if fresh is not None:
+                    sess.run(fresh)
                 correct.append(int(scorers[e["transductive"]].evaluate(
                     [GivenClass(c) for c in task], model.input_ph, model.label_ph, model.minimize_op,
                     model.predictions, num_classes=len(task), num_shots=len(task[0]) - 1,
