@@ -8,6 +8,15 @@
 Batch norm always uses the statistics of the batch it sees, in training and at
 test time (``track_running_stats=False``), as the reference code does; this is
 what makes the transductive / non-transductive distinction matter.
+
+The CNNs start as the reference codes' do (``reference_init``): Glorot-uniform weights and zero biases
+(supervised-reptile's ``tf.layers`` defaults; MAML's code initialises its convolutions the same way), and batch
+norm divides by sqrt(variance + 1e-3) (TensorFlow's epsilon in both codes; PyTorch's default is 1e-5). With
+PyTorch's defaults instead, Reptile at the default suite's 500 meta-iterations scored 6-10 points above the
+authors' code on the same evaluation tasks (``make peer-official-reptile-accuracy``). One difference is left:
+TensorFlow's 'same' padding of a stride-2 convolution on an even size pads one pixel after (bottom/right)
+only, ours one on each side (same output sizes; the sampled positions shift by a pixel). The sine MLP keeps
+PyTorch's defaults (the Reptile code has no sine model).
 """
 from __future__ import annotations
 
@@ -15,8 +24,21 @@ import torch
 from torch import nn
 
 
+BN_EPS = 1e-3
+"""Batch norm's epsilon in both reference codes (TensorFlow's default)."""
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, track_running_stats=False)
+    return nn.BatchNorm2d(channels, eps=BN_EPS, track_running_stats=False)
+
+
+def reference_init(model: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases for every convolution and linear layer (torch's global RNG)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 class OmniglotCNN(nn.Sequential):
@@ -25,6 +47,7 @@ class OmniglotCNN(nn.Sequential):
         for i in range(4):
             layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, stride=2, padding=1), _bn(channels), nn.ReLU()]
         super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 2 * 2, ways))
+        reference_init(self)
 
 
 class MiniImageNetCNN(nn.Sequential):
@@ -38,6 +61,7 @@ class MiniImageNetCNN(nn.Sequential):
                 nn.ReLU(),
             ]
         super().__init__(*layers, nn.Flatten(), nn.Linear(channels * 6 * 6, ways))
+        reference_init(self)
 
 
 class SineMLP(nn.Sequential):

@@ -25,7 +25,7 @@ from datasets import SinePool
 pytestmark = pytest.mark.slow
 
 REPTILE = dict(algorithm="reptile", inner_lr=1e-2, inner_steps=5, inner_batch=10, meta_lr=1.0, meta_lr_final=1.0)
-MAML = dict(inner_lr=0.4, inner_steps=1, meta_lr=3e-3)
+MAML = dict(inner_lr=0.4, inner_steps=1, meta_lr=1e-2)  # at 3e-3, 60 steps from the reference init gained 3.8 +- 4.7
 # (config, training shots, training queries, meta-steps, evaluation protocol)
 OMNIGLOT = {
     "reptile": (REPTILE, 10, 0, 50, EvalConfig(num_tasks=40, query=3, inner_steps=10, inner_batch=5, inner_lr=1e-2)),

@@ -85,17 +85,24 @@ FAKE = {
         """,
 }
 FAKE_TF = """
+    import json, os
     __version__ = "0.fake"
     def disable_v2_behavior(): pass
     def set_random_seed(seed): pass
     def global_variables_initializer(): return None
+    def trainable_variables(): return ["w"]
+    def global_variables(): return ["w", "adam_v", "beta2_power"]
+    def variables_initializer(variables): return ("reset", tuple(variables))
     class ConfigProto:
         def __init__(self, **kw): pass
     class Session:
         def __init__(self, config=None): pass
         def __enter__(self): return self
         def __exit__(self, *a): return False
-        def run(self, *a, **kw): return None
+        def run(self, op, *a, **kw):
+            if op is not None:
+                with open(os.environ["FAKE_LOG"], "a") as f:
+                    f.write(json.dumps({"run": op}) + "\\n")
     """
 
 
@@ -226,3 +233,20 @@ def test_a_failing_official_run_is_a_message_and_writes_nothing(omniglot_root, t
             "--out", str(out)]
     assert acc.main(args) == 2
     assert "the official accuracy run failed" in capsys.readouterr().err and not out.exists()
+
+
+def test_fresh_adam_resets_the_optimiser_state_before_every_evaluation_task(omniglot_root, tmp_path, monkeypatch):
+    from benchmarks.records.collect import load_rows
+
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(omniglot_root))
+    checkout, log = fake_world(tmp_path, monkeypatch)
+    out = tmp_path / "results"
+    assert acc.main(["--checkout", str(checkout), "--python", sys.executable, "--suite", str(tmp_path / "tiny.toml"),
+                     "--out", str(out), "--eval-optimizer", "fresh"]) == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    order = ["reset" if "run" in c else "evaluate" for c in calls if "run" in c or "evaluate" in c]
+    assert order == ["reset", "evaluate"] * 16  # every task starts from fresh moments
+    assert {"run": ["reset", ["adam_v", "beta2_power"]]} in calls  # the optimiser's variables, not the weights
+    rows, _ = load_rows(out)
+    assert len(rows) == 4 and all(c.endswith("-fresh-adam") for c in rows.cell)
+    assert {json.loads(c)["eval_optimizer"] for c in rows.config_json} == {"fresh"}

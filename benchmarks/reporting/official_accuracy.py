@@ -59,7 +59,9 @@ def lines(rows: pd.DataFrame, link) -> list[str]:
         mine = [m for m in mine.itertuples() if _comparable(json.loads(m.config_json)) == _comparable(cell)]
         setting = (f"{o.dataset}/{o.split} {o.ways}-way {o.shots}-shot, "
                    f"{'transductive' if o.transductive == True else 'non-transductive'}")  # noqa: E712
-        theirs = f"{fmt_pm(o.metric_mean, o.metric_ci95)} (n={o.eval_tasks})"
+        how = ("Adam reset per task, as ours" if config.get("eval_optimizer") == "fresh"
+               else "as released: fine-tunes from the training Adam's moments")
+        theirs = f"{fmt_pm(o.metric_mean, o.metric_ci95)} (n={o.eval_tasks}; {how})"
         if not mine:
             body.append([setting, f"no row of {cell['suite']}/{cell['cell']} with this config", theirs, "—", "—", "—"])
             continue
