@@ -204,6 +204,11 @@ def test_the_whole_run_writes_scored_rows_that_pair_with_ours(omniglot_root, tmp
         assert list(values) == expected
         assert r.metric_mean == pytest.approx(np.mean(expected))
 
+    from benchmarks.reporting import paired
+
+    text, pairs = paired.render(rows)  # the peer's cells pair among themselves too (same tasks)
+    assert pairs == 2 and "peer-official-reptile: omniglot/small 5-way 1-shot, 1 query per class, evaluation seed 7" in text
+
     # Ours: a row of the same cell and config, scored 20 points below on every task: a paired difference of +20.
     theirs = rows.iloc[0]
     cell = json.loads(theirs.config_json)["cell"]

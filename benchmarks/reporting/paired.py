@@ -57,6 +57,8 @@ def scored_cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             problems.append(f"{r.suite}/{r.cell} (seed {r.seed}, {r.device}): {problem}")
             continue
         cfg = json.loads(r.config_json)
+        if isinstance(cfg.get("cell"), dict):  # a peer's row keeps the config of the cell it ran under "cell"
+            cfg = cfg["cell"]
         ev = cfg.get("eval", {})
         lines.append({"suite": r.suite, "dataset": r.dataset, "split": r.split, "eval_part": cfg.get("eval_part", ""),
                       "ways": int(r.ways), "shots": int(r.shots), "query": ev.get("query"), "eval_seed": ev.get("seed"),
