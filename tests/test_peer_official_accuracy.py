@@ -255,3 +255,13 @@ def test_fresh_adam_resets_the_optimiser_state_before_every_evaluation_task(omni
     rows, _ = load_rows(out)
     assert len(rows) == 4 and all(c.endswith("-fresh-adam") for c in rows.cell)
     assert {json.loads(c)["eval_optimizer"] for c in rows.config_json} == {"fresh"}
+
+
+def test_missing_omniglot_is_said_before_a_tensorflow_environment_is_made(tmp_path, monkeypatch, capsys):
+    checkout, _ = fake_world(tmp_path, monkeypatch)
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(tmp_path / "no-data"))
+    args = ["--checkout", str(checkout), "--env", str(tmp_path / "env"), "--suite", str(tmp_path / "tiny.toml"),
+            "--out", str(tmp_path / "results")]
+    assert acc.main(args) == 2
+    assert "images_background_small1.zip" in capsys.readouterr().err
+    assert not (tmp_path / "env").exists() and not (tmp_path / "results").exists()

@@ -185,7 +185,6 @@ def main(argv=None) -> int:
             official_settings(t)  # refuse before anything slow runs
         checkout = Path(args.checkout).expanduser().resolve()
         check_checkout(checkout)
-        python = peer_python(Path(args.env), args.python)
         commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True).stdout.strip() or "unknown"
         command, git = provenance.command_line(), provenance.git_state(exclude=Path(args.out))
@@ -193,7 +192,9 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="official-reptile-accuracy-") as tmp:
             tmp = Path(tmp)
             code = patch_copy(checkout, tmp / "supervised-reptile")
+            # The data first: a missing zip is said before a TensorFlow environment is made.
             lay_out_small_split(Path(os.environ.get("OMNIGLOT_ROOT") or REPO / "data" / "omniglot"), tmp / "omniglot")
+            python = peer_python(Path(args.env), args.python)
             for t in trainings:
                 result = run_training(t, python, code, tmp / "omniglot", tmp, args.threads, args.eval_optimizer)
                 versions = f"tensorflow {result.get('tensorflow')} (compat.v1 graph), openai/supervised-reptile {commit}"
