@@ -79,6 +79,17 @@ def test_missing_markers_fail_clearly(project):
     assert path.read_text() == BEFORE + AFTER
 
 
+@pytest.mark.parametrize("broken", ["peers/official_reptile.json", "backends/correctness.json"])
+def test_a_broken_results_json_is_named_and_the_readme_is_left_alone(project, broken):
+    path, res = project
+    before = path.read_text()
+    (res / broken).parent.mkdir(parents=True, exist_ok=True)
+    (res / broken).write_text('{"median_s": ')  # cut short
+    proc = run_cli("--readme", str(path), "--results-dir", str(res))
+    assert proc.returncode == 2 and f"{broken} is not readable JSON" in proc.stderr and "regenerate it" in proc.stderr
+    assert path.read_text() == before
+
+
 def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
     """`benchmarks.perf.limits --json` output becomes a table of time / floor, with its device on every line."""
     results = tmp_path / "results"

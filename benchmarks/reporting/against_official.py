@@ -8,27 +8,19 @@ Reptile meta-step's time goes, and what was tried to make it faster. Pure functi
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
+
+from benchmarks.reporting.table_format import read_json
 
 LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, reference", "batched": "this project, batched"}
 EVAL_LABELS = {"official": "authors' code (TensorFlow)", "serial": "this project, task by task",
                "batched": "this project, batched (CPU default)"}
 
 
-def _load(path: Path):
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not readable JSON ({e}); regenerate it") from e
-
-
 def official_median(results_dir: Path, threads: str = "1") -> float | None:
     """The authors' code's median time per meta-iteration (the limit benchmark's anchor), if measured."""
-    data = _load(results_dir / "peers" / "official_reptile.json")
+    data = read_json(results_dir / "peers" / "official_reptile.json")
     return None if data is None else data["median_s"].get(f"official/{threads}")
 
 
@@ -48,7 +40,7 @@ def _rounds_table(part: dict, labels: dict) -> list[str]:
 
 def peer_lines(results_dir: Path, link) -> list[str]:
     path = results_dir / "peers" / "official_reptile.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     out = [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
@@ -65,7 +57,7 @@ def peer_lines(results_dir: Path, link) -> list[str]:
 
 def profile_lines(results_dir: Path, link) -> list[str]:
     path = results_dir / "profile" / "reptile_cpu.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     total = data["profiled_step_s"]
@@ -83,7 +75,7 @@ def profile_lines(results_dir: Path, link) -> list[str]:
 def variants_lines(results_dir: Path, link) -> list[str]:
     """What was tried on the same meta-step (``benchmarks.perf.step_variants``): time and whether the numbers stay."""
     path = results_dir / "profile" / "step_variants_cpu.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     rows = []
@@ -107,7 +99,7 @@ def variants_lines(results_dir: Path, link) -> list[str]:
 def allocator_lines(results_dir: Path, link) -> list[str]:
     """Keeping freed memory (``benchmarks.perf.allocator``): the meta-step with glibc's defaults and as run, per round."""
     path = results_dir / "profile" / "allocator_cpu.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     rows = []
@@ -125,7 +117,7 @@ def allocator_lines(results_dir: Path, link) -> list[str]:
 def layouts_lines(results_dir: Path, link) -> list[str]:
     """Channels-last against contiguous weights per reference learner (``time_meta_step --layouts``)."""
     path = results_dir / "profile" / "layouts_cpu.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     rows = [f"| {label} | {statistics.median(v['median_s']['contiguous']) * 1e3:.0f} ms "
@@ -142,7 +134,7 @@ def layouts_lines(results_dir: Path, link) -> list[str]:
 def conv_calls_lines(results_dir: Path, link) -> list[str]:
     """Each convolution call against the oneDNN kernels it runs (``benchmarks.perf.conv_calls``)."""
     path = results_dir / "profile" / "conv_calls_cpu.json"
-    data = _load(path)
+    data = read_json(path)
     if data is None:
         return []
     us = lambda s: f"{s * 1e6:.0f} µs"  # noqa: E731

@@ -12,13 +12,12 @@ Sources (all under ``results/``):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from benchmarks.reporting.table_format import fmt_bytes, table_markdown
+from benchmarks.reporting.table_format import fmt_bytes, read_json, table_markdown
 
 BACKENDS = ["reference", "batched", "learn2learn", "torchopt", "torch.func", "torch.func vmap*"]
 INSTALL = {
@@ -35,13 +34,6 @@ LIBRARY = {"reference": "higher", "batched": "this project (task-batched autogra
            "torchopt": "TorchOpt", "torch.func": "torch.func (task loop)", "torch.func vmap*": "torch.func (vmap)"}
 
 
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _worst(entries: dict, key: str):
     values = [e[key] for e in entries.values() if isinstance(e, dict) and key in e]
     return max(values) if values else None
@@ -49,10 +41,10 @@ def _worst(entries: dict, key: str):
 
 def lines(results_dir: Path, rows: pd.DataFrame) -> list[str]:
     """The table's Markdown lines, or [] when the correctness file is missing."""
-    correct = _load(results_dir / "backends" / "correctness.json")
+    correct = read_json(results_dir / "backends" / "correctness.json")
     if not correct:
         return []
-    limits = _load(results_dir / "limits" / "cpu.json") or {}
+    limits = read_json(results_dir / "limits" / "cpu.json") or {}
     timing = (limits.get("timings") or {}).get("maml-5", {})
     floor = (timing.get("floor (loop)") or {}).get("median")
     sweep = rows[rows.cell.astype(str).str.startswith("scaling") & (rows.algorithm == "maml")] if not rows.empty else rows

@@ -1,10 +1,11 @@
 """Formatting helpers of the generated tables: Markdown and LaTeX (booktabs) renderers, number
-formats, and the atomic text writer every generated file goes through.
+formats, the atomic text writer every generated file goes through, and the reader of the JSON results.
 
 Used by ``benchmarks/reporting/tables.py`` and ``benchmarks/reporting/readme.py``; nothing here reads rows.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` through a temporary file in the same folder, then ``os.replace``."""
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def read_json(path: Path):
+    """A results JSON file's content, None when it is absent; ValueError naming it when it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not readable JSON ({e}); regenerate it") from e
 
 
 def fmt_pm(mean, ci, digits: int = 2) -> str:

@@ -349,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {names}: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     except DivergedError as e:
-        said = "" if "diverged" in str(e) else "diverged, "
-        print(f"error: {names}: {said}no row written for it: {e}", file=sys.stderr)
+        print(f"error: {names}: diverged, no row written for it: {e}", file=sys.stderr)
         return EXIT_DIVERGED
     except checkpoints.TrainingBusy as e:
         print(f"skipped: {e}", file=sys.stderr)
