@@ -82,10 +82,11 @@ peer-official-reptile: setup
 	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
 
-# The authors' code trained at the default suite's Reptile settings and scored on its evaluation tasks.
+# The authors' code trained at a suite's Reptile settings (SUITE=default unless given) and scored on its
+# evaluation tasks; SUITE=reptile-seeds for three training seeds (run that suite first: ours).
 peer-official-reptile-accuracy: setup
 	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile-accuracy REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
-	$(PY) -m benchmarks.peers.official_reptile_accuracy --checkout "$(REPTILE_CHECKOUT)"
+	$(PY) -m benchmarks.peers.official_reptile_accuracy --checkout "$(REPTILE_CHECKOUT)" --suite "$(or $(SUITE),default)"
 	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
 

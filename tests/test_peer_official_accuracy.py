@@ -207,26 +207,63 @@ def test_the_whole_run_writes_scored_rows_that_pair_with_ours(omniglot_root, tmp
     from benchmarks.reporting import paired
 
     text, pairs = paired.render(rows)  # the peer's cells pair among themselves too (same tasks)
-    assert pairs == 2 and "peer-official-reptile: omniglot/small 5-way 1-shot, 1 query per class, evaluation seed 7" in text
+    assert pairs == 2 and "peer-official-reptile-tiny: omniglot/small 5-way 1-shot, 1 query per class, evaluation seed 7" in text
 
     # Ours: a row of the same cell and config, scored 20 points below on every task: a paired difference of +20.
-    theirs = rows.iloc[0]
-    cell = json.loads(theirs.config_json)["cell"]
-    ours = theirs.copy()
-    ours["suite"], ours["cell"], ours["backend"] = cell["suite"], cell["cell"], "reference"
-    ours["config_json"] = json.dumps({**cell, "device": "cpu", "eval": {**cell["eval"], "mode": "batched"}})
-    ours["config_hash"], ours["git_commit"] = "ours00000000", "b" * 40
-    mine = pd.read_csv(out / acc.SUITE / "scores.csv").query("cell == @theirs.cell").sort_values("task")["value"]
-    (out / "ours").mkdir()
-    pd.DataFrame({"suite": ours["suite"], "cell": ours["cell"], "seed": 0, "device": ours["device"],
-                  "config_hash": "ours00000000", "task": range(4), "value": list(mine - 20)}).to_csv(
-        out / "ours" / "scores.csv", index=False)
-    ours["metric_mean"] = float((mine - 20).mean())
-    ours["rows_file"] = str(out / "ours" / "rows.csv")
-    table = "\n".join(official_accuracy.lines(pd.concat([rows, ours.to_frame().T], ignore_index=True), str))
-    line = next(t for t in table.splitlines() if "n=4, bbbbbbb" in t)
-    assert "+20.00 ± 0.00 (n=4)" in line and "authors' code better" in line
+    ours = fake_ours(rows.iloc[:1], out, lambda seed: 20.0)
+    table = "\n".join(official_accuracy.lines(pd.concat([rows, ours], ignore_index=True), str))
+    line = next(t for t in table.splitlines() if "(bbbbbbb)" in t)
+    assert "+20.00 ± 0.00 (n=4)" in line and "authors' code better" in line and "| tiny |" in line
     assert table.count("no row of") == 3  # the other three cells have no row of ours
+
+
+def fake_ours(official: pd.DataFrame, out, below) -> pd.DataFrame:
+    """Rows of ours for ``official``'s rows (same cell, config and seed), scored ``below(seed)`` points lower."""
+    scores = pd.read_csv(out / acc.SUITE / "scores.csv")
+    made, kept = [], []
+    for i, theirs in enumerate(official.itertuples()):
+        cell = json.loads(theirs.config_json)["cell"]
+        row = official.iloc[i].copy()
+        row["suite"], row["cell"], row["backend"] = cell["suite"], cell["cell"], "reference"
+        row["config_json"] = json.dumps({**cell, "device": "cpu", "eval": {**cell["eval"], "mode": "batched"}})
+        row["config_hash"], row["git_commit"] = f"ours{i:08d}", "b" * 40
+        mine = scores[(scores.cell == theirs.cell) & (scores.seed == theirs.seed)].sort_values("task")["value"]
+        values = list(mine - below(theirs.seed))
+        row["metric_mean"], row["rows_file"] = sum(values) / len(values), str(out / "ours" / "rows.csv")
+        kept.append(pd.DataFrame({"suite": row["suite"], "cell": row["cell"], "seed": theirs.seed,
+                                  "device": row["device"], "config_hash": row["config_hash"],
+                                  "task": range(len(values)), "value": values}))
+        made.append(row.to_frame().T)
+    (out / "ours").mkdir(exist_ok=True)
+    pd.concat(kept).to_csv(out / "ours" / "scores.csv", index=False)
+    return pd.concat(made, ignore_index=True)
+
+
+def test_seeds_of_one_cell_make_one_line_each_tasks_scores_averaged_over_them(omniglot_root, tmp_path, monkeypatch):
+    from benchmarks.records.collect import load_rows
+    from benchmarks.reporting import official_accuracy
+
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(omniglot_root))
+    checkout, _ = fake_world(tmp_path, monkeypatch)
+    (tmp_path / "tiny.toml").write_text(SUITE.replace('algorithms = ["reptile"]', 'algorithms = ["reptile"]\nseeds = [0, 1]'))
+    out = tmp_path / "results"
+    assert acc.main(["--checkout", str(checkout), "--python", sys.executable, "--suite", str(tmp_path / "tiny.toml"),
+                     "--out", str(out)]) == 0
+    rows, _ = load_rows(out)
+    assert len(rows) == 8 and set(rows.seed) == {0, 1} and set(rows.suite) == {"peer-official-reptile-tiny"}
+    ours = fake_ours(rows, out, lambda seed: 10.0 * (seed + 1))  # 10 points below at seed 0, 20 at seed 1
+    table = "\n".join(official_accuracy.lines(pd.concat([rows, ours], ignore_index=True), str)).splitlines()
+    body = [t for t in table if t.startswith("| tiny |")]
+    assert len(body) == 4 and all("| 0, 1 |" in t for t in body)
+    assert all("+15.00 ± 0.00 (n=4) (per seed: +10.00, +20.00)" in t for t in body)
+
+
+def test_the_seeds_suite_is_the_default_suites_reptile_cells_with_more_seeds():
+    default = {c.cell: c for c in load_suite("default")}
+    cells = load_suite("reptile-seeds")
+    assert sorted({c.seed for c in cells}) == [0, 1, 2] and len(cells) == 12
+    for c in cells:
+        assert replace(c, suite="default", seed=0) == replace(default[c.cell], seed=0)
 
 
 def test_a_failing_official_run_is_a_message_and_writes_nothing(omniglot_root, tmp_path, monkeypatch, capsys):

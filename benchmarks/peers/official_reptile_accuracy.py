@@ -12,9 +12,12 @@ fine-tuning steps and minibatch size (``official_reptile_driver.py --accuracy``)
 code's own: its weight initialisation and training-task draws, each task's label order and fine-tuning
 minibatches, and its fine-tuning starting from the training Adam's moments (README: protocol details).
 
-One row per cell goes to ``results/peer-official-reptile/rows.csv`` (cell ``official-<cell>``, backend
+One row per cell and seed goes to ``results/peer-official-reptile/rows.csv`` (cell ``official-<cell>``, suite
+``peer-official-reptile``, or ``peer-official-reptile-<suite>`` for a suite other than the default, backend
 ``official-tf``; its config is the cell's, with the official commit), with the per-task scores beside it, so the
-README pairs it with this project's row task by task (``benchmarks.reporting.against_official``).
+README pairs it with this project's row task by task (``benchmarks.reporting.official_accuracy``). ``--suite
+reptile-seeds`` runs the default suite's four Reptile cells with three training seeds (ours first:
+``python -m benchmarks.cli run --suite reptile-seeds``).
 
 A cell the official code cannot run as configured is refused by name before anything runs: it fine-tunes with
 its training optimiser (Adam, the training's learning rate and beta1, beta1 = 0 in the official model), keeps
@@ -35,6 +38,12 @@ from benchmarks.peers.official_reptile import DRIVER, REPO, TF_ENV, PeerError, c
     parse_last_json, patch_copy, peer_python
 
 SUITE = "peer-official-reptile"
+
+
+def row_suite(suite: str) -> str:
+    """The ``suite`` column of the authors' rows for a suite's cells: one name per suite, so that the rows of
+    two suites' cells of the same name stay apart (``peer-official-reptile`` for the default suite's)."""
+    return SUITE if suite == "default" else f"{SUITE}-{suite}"
 
 
 def official_settings(training) -> dict:
@@ -109,7 +118,7 @@ def rows_for(training, result: dict, versions: str, official_commit: str, thread
                   "cell_config_hash": cell.config_hash()}
         config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
         row = {
-            "schema_version": SCHEMA_VERSION, "suite": SUITE, "cell": f"official-{cell.cell}" + ("" if eval_optimizer == "trained" else "-fresh-adam"),
+            "schema_version": SCHEMA_VERSION, "suite": row_suite(cell.suite), "cell": f"official-{cell.cell}" + ("" if eval_optimizer == "trained" else "-fresh-adam"),
             "algorithm": "reptile",
             "backend": "official-tf", "dataset": cell.dataset, "split": cell.split, "ways": cell.ways,
             "shots": cell.shots, "transductive": cell.eval.transductive, "first_order": True,

@@ -4,7 +4,9 @@
 The official rows score this project's evaluation tasks, so the comparison is paired (``reporting.paired``):
 mean of d_i = authors'(task i) − ours(task i) ± 1.96 · std(d) / √n, a tie unless that interval excludes 0.
 Ours is the newest row of the cell the official row names (suite, cell, seed) whose config is the one the
-official code ran (the device and the evaluator's batching aside: they do not change the numbers).
+official code ran (the device and the evaluator's batching aside: they do not change the numbers). The rows
+of several training seeds of one cell make one line: each task's score averaged over the seeds on each side,
+then paired (the per-seed paired means beside it).
 """
 from __future__ import annotations
 
@@ -40,50 +42,79 @@ def _scores(row, cache: dict):
     return match(row, cache[folder])
 
 
+def _pair(o, rows: pd.DataFrame, cache: dict):
+    """Ours for official row ``o`` (same suite, cell, seed and config) and both per-task scores, or a problem."""
+    cell = json.loads(o.config_json)["cell"]
+    mine = rows[(rows.suite == cell["suite"]) & (rows.cell == cell["cell"]) & (rows.seed == o.seed)
+                & (rows.backend != BACKEND)]
+    mine = [m for m in mine.itertuples() if _comparable(json.loads(m.config_json)) == _comparable(cell)]
+    if not mine:
+        return None, None, None, f"no row of {cell['suite']}/{cell['cell']} (seed {o.seed}) with this config"
+    a, problem_a = _scores(o, cache)
+    b, problem_b = _scores(mine[0], cache)
+    return mine[0], a, b, (f"not paired: {problem_a or problem_b}" if problem_a or problem_b else None)
+
+
+def _side(rs) -> str:
+    """One side's accuracy: the row's mean ± CI for one seed; the seeds' mean and each seed's for several."""
+    if len(rs) == 1:
+        return f"{fmt_pm(rs[0].metric_mean, rs[0].metric_ci95)} (n={rs[0].eval_tasks})"
+    return (f"{sum(r.metric_mean for r in rs) / len(rs):.2f} (seeds {', '.join(str(r.seed) for r in rs)}: "
+            f"{', '.join(f'{r.metric_mean:.2f}' for r in rs)})")
+
+
 def lines(rows: pd.DataFrame, link) -> list[str]:
-    """The table's Markdown lines (with its legend), or [] without official accuracy rows."""
+    """The table's Markdown lines (with its legend), or [] without official accuracy rows.
+
+    One line per (suite, cell, how the authors' code evaluated): with several seeds, each task's score is
+    averaged over the seeds on each side first, then paired; the per-seed paired means are listed too.
+    """
     if rows.empty:
         return []
     official = rows[(rows.backend == BACKEND) & (rows.metric == "accuracy")]
     if official.empty:
         return []
-    header = ["Setting", "This project (reference backend)", "Authors' code (TensorFlow)",
+    header = ["Suite", "Setting", "Seeds", "This project (reference backend)", "Authors' code (TensorFlow)",
               "Authors' − ours (paired 95% CI)", "Verdict", "Training per meta-iteration: ours / authors'"]
-    body, cache, files = [], {}, set()
-    for o in official.sort_values(["shots", "transductive", "cell"]).itertuples():
+    groups: dict[tuple, list] = {}
+    for o in official.sort_values(["seed"]).itertuples():
         config = json.loads(o.config_json)
-        cell = config["cell"]
-        files.add(o.rows_file)
-        mine = rows[(rows.suite == cell["suite"]) & (rows.cell == cell["cell"]) & (rows.seed == o.seed)
-                    & (rows.backend != BACKEND)]
-        mine = [m for m in mine.itertuples() if _comparable(json.loads(m.config_json)) == _comparable(cell)]
+        groups.setdefault((config["cell"]["suite"], int(o.shots), o.transductive != True, o.cell,  # noqa: E712
+                           config.get("eval_optimizer", "trained")), []).append(o)
+    body, cache, files = [], {}, set()
+    for (suite, _, _, _, how), members in sorted(groups.items()):
+        o = members[0]
         setting = (f"{o.dataset}/{o.split} {o.ways}-way {o.shots}-shot, "
                    f"{'transductive' if o.transductive == True else 'non-transductive'}")  # noqa: E712
-        how = ("Adam reset per task, as ours" if config.get("eval_optimizer") == "fresh"
-               else "as released: fine-tunes from the training Adam's moments")
-        theirs = f"{fmt_pm(o.metric_mean, o.metric_ci95)} (n={o.eval_tasks}; {how})"
-        if not mine:
-            body.append([setting, f"no row of {cell['suite']}/{cell['cell']} with this config", theirs, "—", "—", "—"])
+        seeds = ", ".join(str(m.seed) for m in members)
+        pairs = [(m, *_pair(m, rows, cache)) for m in members]
+        files.update(m.rows_file for m in members)
+        theirs = _side(members) + ("; Adam reset per task, as ours" if how == "fresh"
+                                   else "; as released: fine-tunes from the training Adam's moments")
+        problems = [p[4] for p in pairs if p[4]]
+        if problems:
+            body.append([suite, setting, seeds, problems[0], theirs, "—", "—", "—"])
             continue
-        m = mine[0]
-        files.add(m.rows_file)
-        a, problem_a = _scores(o, cache)
-        b, problem_b = _scores(m, cache)
-        if problem_a or problem_b:
-            diff, word = "—", f"not paired: {problem_a or problem_b}"
-        else:
-            mean, ci, n = paired(a, b)
-            diff, word = f"{mean:+.2f} ± {ci:.2f} (n={n})", verdict(mean, ci, "accuracy", "authors' code", "ours")
-        body.append([setting, f"{fmt_pm(m.metric_mean, m.metric_ci95)} (n={m.eval_tasks}, {m.git_commit[:7]})", theirs,
-                     diff, word, f"{m.step_time_median_s * 1e3:.0f} / {o.step_time_median_s * 1e3:.0f} ms"])
+        files.update(p[1].rows_file for p in pairs)
+        a = pd.concat([p[2] for p in pairs], axis=1).mean(axis=1)  # each task's score, seeds averaged
+        b = pd.concat([p[3] for p in pairs], axis=1).mean(axis=1)
+        mean, ci, n = paired(a, b)
+        diff = f"{mean:+.2f} ± {ci:.2f} (n={n})"
+        if len(pairs) > 1:
+            diff += " (per seed: " + ", ".join(f"{paired(p[2], p[3])[0]:+.2f}" for p in pairs) + ")"
+        ours = [p[1] for p in pairs]
+        body.append([suite, setting, seeds, _side(ours) + f" ({ours[0].git_commit[:7]})", theirs, diff,
+                     verdict(mean, ci, "accuracy", "authors' code", "ours"),
+                     f"{ours[0].step_time_median_s * 1e3:.0f} / {o.step_time_median_s * 1e3:.0f} ms"])
     first = official.iloc[0]
     cfg = json.loads(first.config_json)["cell"]
     sources = ", ".join(link(Path(f)) for f in sorted(files))
     return [f"Accuracy at the same budget (`make peer-official-reptile-accuracy`): the authors' code trained with "
-            f"the {cfg['suite']} suite's Reptile settings ({cfg['meta_iterations']} meta-iterations, meta-batch "
+            f"the suite's Reptile settings ({cfg['meta_iterations']} meta-iterations, meta-batch "
             f"{cfg['meta_batch']}, {cfg['learner']['inner_steps']} inner Adam steps on minibatches of "
             f"{cfg['learner']['inner_batch']}, {cfg['train_shots']} training shots; fine-tuned "
             f"{cfg['eval']['inner_steps']} steps on minibatches of {cfg['eval']['inner_batch']}) and scored on this "
-            f"project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task by task; one training "
-            f"seed each; {first.backend_info}; the time per meta-iteration is each row's own (wall clock, not the same "
-            f"round: the rounds above compare speed); {sources}:", "", table_markdown(header, body).rstrip("\n")]
+            f"project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task by task (with "
+            f"several training seeds, each task's score averaged over them on each side first); "
+            f"{first.backend_info}; the time per meta-iteration is the first seed's rows' own (wall clock, not the "
+            f"same round: the rounds above compare speed); {sources}:", "", table_markdown(header, body).rstrip("\n")]
