@@ -80,7 +80,8 @@ FAKE = {
                 classes = list(dataset)
                 random.shuffle(classes)
                 samples = [c.sample(num_shots + 1) for c in classes[:num_classes]]
-                self._log(evaluate=[num_classes, num_shots, inner_batch_size, inner_iters, self.transductive])
+                self._log(evaluate=[num_classes, num_shots, inner_batch_size, inner_iters, self.transductive],
+                          draw=random.random())
                 return sum(int(s[0].sum() < s[1].sum()) for s in samples)
         """,
 }
@@ -302,3 +303,22 @@ def test_missing_omniglot_is_said_before_a_tensorflow_environment_is_made(tmp_pa
     assert acc.main(args) == 2
     assert "images_background_small1.zip" in capsys.readouterr().err
     assert not (tmp_path / "env").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_cells_draws_do_not_depend_on_the_cells_scored_before_it(omniglot_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIGLOT_ROOT", str(omniglot_root))
+    checkout, log = fake_world(tmp_path, monkeypatch)
+
+    def draws(cells: str) -> dict:
+        log.write_text("")
+        assert acc.main(["--checkout", str(checkout), "--python", sys.executable, "--suite",
+                         str(tmp_path / "tiny.toml"), "--cells", cells, "--out", str(tmp_path / cells.strip("*"))]) == 0
+        calls = [json.loads(line) for line in log.read_text().splitlines()]
+        out: dict = {}
+        for c in calls:
+            if "evaluate" in c:
+                out.setdefault(tuple(c["evaluate"][1:2] + c["evaluate"][4:]), []).append(c["draw"])
+        return out
+
+    every, alone = draws("*reptile*"), draws("*5w5s-reptile-nontrans*")
+    assert list(alone) == [(5, False)] and alone[(5, False)] == every[(5, False)]

@@ -18,7 +18,8 @@ With ``--accuracy SETTINGS.json`` it trains for accuracy instead, as ``supervise
 lists with ``Reptile.evaluate``: the tasks are this project's (a ``.npy`` of [tasks, ways, 1 + shots, 28, 28],
 each class's query image first), handed over as classes whose ``sample`` returns them in that order, so
 ``_split_train_test`` takes the query image as the official code takes its first. The label order and the
-fine-tuning minibatches are the official code's own draws. Prints the correct count of every task.
+fine-tuning minibatches are the official code's own draws (``random``, reseeded from the seed and the cell's
+name before each evaluation). Prints the correct count of every task.
 ``"eval_optimizer": "fresh"`` in the file resets Adam's moments and step count before every evaluation task
 (the official ``evaluate`` starts from the training's, and restores them afterwards).
 """
@@ -133,6 +134,9 @@ def accuracy(args, tf, OmniglotModel, Reptile, augment_dataset, read_dataset):
                                meta_batch_size=s["meta_batch"])
             steps.append(time.perf_counter() - w0)
         for e in s["evaluations"]:
+            # The official code draws labels and minibatches from one `random` stream: seeded per evaluation, a
+            # cell's scores do not depend on which cells were scored before it (strings seed by their digest).
+            random.seed(f"{s['seed']}/{e['name']}")
             tasks = np.load(e["tasks"])
             w0, correct = time.perf_counter(), []
             for task in tasks:
