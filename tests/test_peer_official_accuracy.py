@@ -240,7 +240,7 @@ def fake_ours(official: pd.DataFrame, out, below) -> pd.DataFrame:
     return pd.concat(made, ignore_index=True)
 
 
-def test_seeds_of_one_cell_make_one_line_each_tasks_scores_averaged_over_them(omniglot_root, tmp_path, monkeypatch):
+def test_seeds_of_one_cell_make_one_line_their_variance_in_the_interval(omniglot_root, tmp_path, monkeypatch):
     from benchmarks.records.collect import load_rows
     from benchmarks.reporting import official_accuracy
 
@@ -256,7 +256,10 @@ def test_seeds_of_one_cell_make_one_line_each_tasks_scores_averaged_over_them(om
     table = "\n".join(official_accuracy.lines(pd.concat([rows, ours], ignore_index=True), str)).splitlines()
     body = [t for t in table if t.startswith("| tiny |")]
     assert len(body) == 4 and all("| 0, 1 |" in t for t in body)
-    assert all("+15.00 ± 0.00 (n=4) (per seed: +10.00, +20.00)" in t for t in body)
+    # Seeds combined as the tables combine them: 15 ± 1.96 * sqrt(var(10, 20) / 2 + 0) = 15 ± 9.80.
+    assert all("+15.00 ± 9.80 (n=4) (per seed: +10.00 ± 0.00, +20.00 ± 0.00)" in t for t in body)
+    assert all("authors' code better" in t for t in body)
+    assert official_accuracy.combine([3.0], [1.5]) == (3.0, 1.5)  # one seed: its own interval
 
 
 def test_the_seeds_suite_is_the_default_suites_reptile_cells_with_more_seeds():

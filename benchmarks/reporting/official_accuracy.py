@@ -5,12 +5,14 @@ The official rows score this project's evaluation tasks, so the comparison is pa
 mean of d_i = authors'(task i) − ours(task i) ± 1.96 · std(d) / √n, a tie unless that interval excludes 0.
 Ours is the newest row of the cell the official row names (suite, cell, seed) whose config is the one the
 official code ran (the device and the evaluator's batching aside: they do not change the numbers). The rows
-of several training seeds of one cell make one line: each task's score averaged over the seeds on each side,
-then paired (the per-seed paired means beside it).
+of several training seeds of one cell make one line: each seed's paired difference, combined over the seeds as
+the tables combine seeds (``combine``), so that a difference between two trainings is not taken for one between
+the implementations; the per-seed differences are listed beside it.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -55,19 +57,29 @@ def _pair(o, rows: pd.DataFrame, cache: dict):
     return mine[0], a, b, (f"not paired: {problem_a or problem_b}" if problem_a or problem_b else None)
 
 
+def combine(means: list[float], cis: list[float]) -> tuple[float, float]:
+    """Several seeds' estimates as the tables combine them (``tables.NOTE``): the mean of the seeds' values
+    ± 1.96·sqrt(s²/S + mean(se_i²)), s the standard deviation of the S values and se_i = CI_i/1.96; one seed:
+    its own value and interval. The training seed is a source of variance, not a fixed condition."""
+    k = len(means)
+    mean = sum(means) / k
+    if k == 1:
+        return mean, cis[0]
+    between = sum((m - mean) ** 2 for m in means) / (k - 1) / k
+    return mean, 1.96 * math.sqrt(between + sum((c / 1.96) ** 2 for c in cis) / k)
+
+
 def _side(rs) -> str:
-    """One side's accuracy: the row's mean ± CI for one seed; the seeds' mean and each seed's for several."""
-    if len(rs) == 1:
-        return f"{fmt_pm(rs[0].metric_mean, rs[0].metric_ci95)} (n={rs[0].eval_tasks})"
-    return (f"{sum(r.metric_mean for r in rs) / len(rs):.2f} (seeds {', '.join(str(r.seed) for r in rs)}: "
-            f"{', '.join(f'{r.metric_mean:.2f}' for r in rs)})")
+    """One side's accuracy over its seeds (``combine``), with each seed's mean when there are several."""
+    mean, ci = combine([r.metric_mean for r in rs], [r.metric_ci95 for r in rs])
+    text = f"{fmt_pm(mean, ci)} (n={rs[0].eval_tasks}"
+    return text + (")" if len(rs) == 1 else f"; seeds {', '.join(f'{r.metric_mean:.2f}' for r in rs)})")
 
 
 def lines(rows: pd.DataFrame, link) -> list[str]:
     """The table's Markdown lines (with its legend), or [] without official accuracy rows.
 
-    One line per (suite, cell, how the authors' code evaluated): with several seeds, each task's score is
-    averaged over the seeds on each side first, then paired; the per-seed paired means are listed too.
+    One line per (suite, cell, how the authors' code evaluated), its seeds combined (``combine``).
     """
     if rows.empty:
         return []
@@ -96,12 +108,11 @@ def lines(rows: pd.DataFrame, link) -> list[str]:
             body.append([suite, setting, seeds, problems[0], theirs, "—", "—", "—"])
             continue
         files.update(p[1].rows_file for p in pairs)
-        a = pd.concat([p[2] for p in pairs], axis=1).mean(axis=1)  # each task's score, seeds averaged
-        b = pd.concat([p[3] for p in pairs], axis=1).mean(axis=1)
-        mean, ci, n = paired(a, b)
-        diff = f"{mean:+.2f} ± {ci:.2f} (n={n})"
+        per_seed = [paired(p[2], p[3]) for p in pairs]  # (mean, CI, n) of each seed's task-by-task difference
+        mean, ci = combine([d[0] for d in per_seed], [d[1] for d in per_seed])
+        diff = f"{mean:+.2f} ± {ci:.2f} (n={per_seed[0][2]})"
         if len(pairs) > 1:
-            diff += " (per seed: " + ", ".join(f"{paired(p[2], p[3])[0]:+.2f}" for p in pairs) + ")"
+            diff += " (per seed: " + ", ".join(f"{d[0]:+.2f} ± {d[1]:.2f}" for d in per_seed) + ")"
         ours = [p[1] for p in pairs]
         body.append([suite, setting, seeds, _side(ours) + f" ({ours[0].git_commit[:7]})", theirs, diff,
                      verdict(mean, ci, "accuracy", "authors' code", "ours"),
@@ -114,7 +125,8 @@ def lines(rows: pd.DataFrame, link) -> list[str]:
             f"{cfg['meta_batch']}, {cfg['learner']['inner_steps']} inner Adam steps on minibatches of "
             f"{cfg['learner']['inner_batch']}, {cfg['train_shots']} training shots; fine-tuned "
             f"{cfg['eval']['inner_steps']} steps on minibatches of {cfg['eval']['inner_batch']}) and scored on this "
-            f"project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task by task (with "
-            f"several training seeds, each task's score averaged over them on each side first); "
+            f"project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task by task; with "
+            f"several training seeds, each seed's paired difference and each side's accuracy are combined as the "
+            f"tables combine seeds (mean ± 1.96·sqrt(s²/S + mean(se_i²)): the seed's variance counts); "
             f"{first.backend_info}; the time per meta-iteration is the first seed's rows' own (wall clock, not the "
             f"same round: the rounds above compare speed); {sources}:", "", table_markdown(header, body).rstrip("\n")]

@@ -156,10 +156,11 @@ def pick(groups: pd.DataFrame, dataset: str, splits, ways: int, shots: int, algo
     """The aggregated cell that fills one table cell (or None), and the other candidates left out."""
     if groups.empty:
         return None, []
+    # The authors' code's rows (backend official-tf) are shown beside ours in the README, never as ours.
     m = groups[(groups.dataset == dataset) & groups.split.isin(splits) & (groups.ways == ways)
                & (groups.shots == shots) & (groups.algorithm == algorithm) & (groups.transductive == transductive)
                & (groups.metric == "accuracy") & ~groups.scaling & (groups.backend != "official-tf")]
-    if m.empty:  # (the authors' code's rows are shown beside ours in the README, not as ours)
+    if m.empty:
         return None, []
     # Prefer the longest training actually run (a run cut short at 450 iterations says more than a finished
     # 4-iteration smoke test), then complete runs, the most evaluation tasks, the most seeds.
