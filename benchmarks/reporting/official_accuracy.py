@@ -12,13 +12,12 @@ the implementations; the per-seed differences are listed beside it.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.records.scores import SCORES_FILE, match, read_scores
-from benchmarks.reporting.paired import paired, verdict
+from benchmarks.reporting.paired import combine, paired, verdict
 from benchmarks.reporting.table_format import fmt_pm, table_markdown
 
 BACKEND = "official-tf"
@@ -55,18 +54,6 @@ def _pair(o, rows: pd.DataFrame, cache: dict):
     a, problem_a = _scores(o, cache)
     b, problem_b = _scores(mine[0], cache)
     return mine[0], a, b, (f"not paired: {problem_a or problem_b}" if problem_a or problem_b else None)
-
-
-def combine(means: list[float], cis: list[float]) -> tuple[float, float]:
-    """Several seeds' estimates as the tables combine them (``tables.NOTE``): the mean of the seeds' values
-    ± 1.96·sqrt(s²/S + mean(se_i²)), s the standard deviation of the S values and se_i = CI_i/1.96; one seed:
-    its own value and interval. The training seed is a source of variance, not a fixed condition."""
-    k = len(means)
-    mean = sum(means) / k
-    if k == 1:
-        return mean, cis[0]
-    between = sum((m - mean) ** 2 for m in means) / (k - 1) / k
-    return mean, 1.96 * math.sqrt(between + sum((c / 1.96) ** 2 for c in cis) / k)
 
 
 def _side(rs) -> str:

@@ -83,6 +83,19 @@ def paired(a: pd.Series, b: pd.Series) -> tuple[float, float, int]:
     return float(d.mean()), 1.96 * sd / math.sqrt(n) if n > 1 else float("nan"), n
 
 
+def combine(means: list[float], cis: list[float]) -> tuple[float, float]:
+    """Several training seeds' estimates of one quantity (``tables.NOTE``): the mean of the seeds' values
+    ± 1.96·sqrt(s²/S + mean(se_i²)), s the standard deviation of the S values and se_i = CI_i/1.96 (not divided
+    by S: seeds may share evaluation tasks); one seed: its own value and interval. The training seed is a
+    source of variance, not a fixed condition."""
+    k = len(means)
+    mean = sum(means) / k
+    if k == 1:
+        return mean, cis[0]
+    between = sum((m - mean) ** 2 for m in means) / (k - 1) / k
+    return mean, 1.96 * math.sqrt(between + sum((c / 1.96) ** 2 for c in cis) / k)
+
+
 def verdict(mean: float, ci: float, metric: str, a: str, b: str) -> str:
     if not math.isfinite(ci) or abs(mean) <= ci:
         return "tie (interval includes 0)"

@@ -105,11 +105,10 @@ def _span(values: pd.Series) -> str:
 
 
 def _seed_summary(g: pd.DataFrame) -> pd.Series:
-    means, se = g["metric_mean"].astype(float), g["metric_ci95"].astype(float) / 1.96
-    between = means.var(ddof=1) / len(g) if len(g) > 1 else 0.0
+    value, value_ci = paired.combine(list(g["metric_mean"].astype(float)), list(g["metric_ci95"].astype(float)))
     commits = sorted({f"{str(c)[:12]}{'+dirty' if d == True else ''}" for c, d in zip(g.git_commit, g.git_dirty)})
     return pd.Series({
-        "value": means.mean(), "value_ci": 1.96 * float(np.sqrt(between + (se ** 2).mean())),
+        "value": value, "value_ci": value_ci,
         "n_seeds": int(g["seed"].nunique()), "eval_tasks": _span(g.eval_tasks),
         "eval_tasks_min": g.eval_tasks.fillna(0).min(), "iterations": _span(g.iterations_run),
         "iterations_min": int(g.iterations_run.fillna(0).min()),
