@@ -194,7 +194,7 @@ def flat_views(tensors: Sequence[Tensor], channels_last: bool = False) -> tuple[
 
 def memory_order(t: Tensor) -> Tensor:
     """``t``'s elements flat in the order ``flat_views`` lays them out: memory order for a channels-last 4-D tensor,
-    else the logical order (not ``handwritten.memory_view``: a gradient of another layout keeps its logical order)."""
+    else the logical order (not ``handwritten.memory_perm``'s: a gradient of another layout keeps its logical order)."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).reshape(-1)
     return t.reshape(-1)

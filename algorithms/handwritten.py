@@ -187,7 +187,7 @@ class DirectAdam:
     Two things make the direct call cheaper than the optimiser's own, with the same bits (the kernel is
     elementwise, in memory order): every parameter's step count is a 0-d view of one tensor, so a step
     advances them all in one ``add_`` (a foreach over 0-d tensors is a loop on CPU); and a channels-last tensor
-    reaches the kernel as a contiguous view in memory order (``memory_view``), where handed over as it is the
+    reaches the kernel as a contiguous view in memory order (``memory_perm``), where handed over as it is the
     kernel first copies its gradient into a contiguous one. ``grads`` must be laid out like the parameters
     (``laid_out_like``; ``HandwrittenNet`` hands them over so).
     """
@@ -250,21 +250,15 @@ class DirectAdam:
                            lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=g["eps"], maximize=False)
 
 
-def memory_view(t: Tensor) -> Tensor:
-    """``t`` itself if contiguous, else its dimensions permuted into memory order where that makes a contiguous
-    view (a channels-last weight ``[O, I, kh, kw]`` becomes ``[O, kh, kw, I]``), else ``t``."""
-    perm = memory_perm(t)
-    return t.permute(perm) if perm else t
-
-
 def permuted(tensors: Sequence[Tensor], perms: Sequence[list[int] | None]) -> list[Tensor]:
     """Each tensor permuted by its ``memory_perm`` (None: as it is)."""
     return [t.permute(perm) if perm else t for t, perm in zip(tensors, perms)]
 
 
 def memory_perm(t: Tensor) -> list[int] | None:
-    """The permutation that makes ``t`` a contiguous view (``memory_view``); None where ``t`` is contiguous or
-    no permutation makes it so."""
+    """The permutation of ``t``'s dimensions into memory order where that makes a contiguous view of it (a
+    channels-last weight ``[O, I, kh, kw]`` becomes ``[O, kh, kw, I]``); None where ``t`` is contiguous or no
+    permutation makes it so."""
     if t.is_contiguous():
         return None
     perm = sorted(range(t.dim()), key=lambda d: -t.stride(d))

@@ -20,7 +20,7 @@ from _tiny import one_thread, tiny_bn_net  # noqa: F401 (one_thread: autouse fix
 from algorithms import MetaConfig, build_learner, task_loss
 from datasets.tasks import TaskBatch
 from algorithms.functional import flat_views, memory_order
-from algorithms.handwritten import DirectAdam, HandwrittenNet, InnerStep, memory_view
+from algorithms.handwritten import DirectAdam, HandwrittenNet, InnerStep, memory_perm
 from algorithms.models import MiniImageNetCNN, OmniglotCNN, SineMLP
 from algorithms.reptile import make_inner_optimizer
 
@@ -117,13 +117,13 @@ def test_direct_adam_takes_the_optimisers_own_step_where_it_cannot_call_the_kern
     assert DirectAdam(torch.optim.Adam(params, lr=1e-3, fused=True)).direct
 
 
-def test_memory_view_is_a_contiguous_view_of_the_same_memory_in_its_order():
+def test_memory_perm_makes_a_contiguous_view_of_the_same_memory_in_its_order():
     weight = torch.randn(4, 3, 2, 2).contiguous(memory_format=torch.channels_last)
-    view = memory_view(weight)
+    view = weight.permute(memory_perm(weight))
     assert view.is_contiguous() and view.shape == (4, 2, 2, 3) and view.data_ptr() == weight.data_ptr()
     assert torch.equal(view, weight.permute(0, 2, 3, 1))
     plain, strided = torch.randn(4, 3), torch.randn(4, 6)[:, ::2]
-    assert memory_view(plain) is plain and memory_view(strided) is strided  # contiguous; no dense order
+    assert memory_perm(plain) is None and memory_perm(strided) is None  # contiguous; no dense order
 
 
 def test_direct_adam_steps_every_count_at_once_and_hands_the_kernel_nothing_to_copy():

@@ -19,6 +19,7 @@ from benchmarks.peers import official_reptile as peer
 from benchmarks.peers import official_reptile_accuracy as acc
 from benchmarks.running.suites import load_suite
 from benchmarks.running.trainings import group
+from test_peer_official import fake_checkout
 
 SUITE = """
 description = "tiny"
@@ -109,12 +110,9 @@ FAKE_TF = """
 
 def fake_world(tmp_path, monkeypatch):
     """A checkout of fake official modules, a fake TensorFlow on PYTHONPATH, and the log their calls write."""
-    checkout = tmp_path / "supervised-reptile"
-    for f in peer.FILES:
-        path = checkout / f
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tf = "import tensorflow as tf\n" if any(f == p for p, _, _ in peer.PATCH) else ""
-        path.write_text(textwrap.dedent(FAKE[f]) if f in FAKE else f'"""{f}"""\n{tf}')
+    checkout = fake_checkout(tmp_path / "supervised-reptile")
+    for f, text in FAKE.items():
+        (checkout / f).write_text(textwrap.dedent(text))
     site = tmp_path / "site"
     (site / "tensorflow" / "compat").mkdir(parents=True)
     (site / "tensorflow" / "__init__.py").write_text("")

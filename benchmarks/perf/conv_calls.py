@@ -37,9 +37,8 @@ def _calls(cin: int, hw: int, batch: int):
     # A 1-input-channel weight keeps NCHW strides under .contiguous(channels_last); lay it out as models.py does.
     w = torch.empty(64, 3, 3, cin).permute(0, 3, 1, 2).copy_(torch.randn(64, cin, 3, 3, generator=g))
     b = torch.zeros(64)
-    out = aten.convolution(x, w, b, [2, 2], [1, 1], [1, 1], False, [0, 0], 1)
-    go = torch.randn(out.shape, generator=g).contiguous(memory_format=torch.channels_last)
     forward = lambda: aten.convolution(x, w, b, [2, 2], [1, 1], [1, 1], False, [0, 0], 1)  # noqa: E731
+    go = torch.randn(forward().shape, generator=g).contiguous(memory_format=torch.channels_last)
     backward = lambda: aten.convolution_backward(go, x, w, [64], [2, 2], [1, 1], [1, 1], False, [0, 0], 1,  # noqa: E731
                                                  [cin > 1, True, True])
     return {"forward": forward, "backward": backward}

@@ -138,11 +138,10 @@ def conv_calls_lines(results_dir: Path, link) -> list[str]:
     if data is None:
         return []
     us = lambda s: f"{s * 1e6:.0f} µs"  # noqa: E731
+    cases = [*data["cases"].items(),
+             *((f"batch {b}: one inner step's eight calls", c) for b, c in data["per_inner_step"].items())]
     rows = [f"| {name} | {us(c['call_s'])} | {us(c['kernels_s'])} | {us(c['call_s'] - c['kernels_s'])} "
-            f"({100 * (1 - c['kernels_s'] / c['call_s']):.0f}%) |" for name, c in data["cases"].items()]
-    rows += [f"| batch {b}: one inner step's eight calls | {us(c['call_s'])} | {us(c['kernels_s'])} "
-             f"| {us(c['call_s'] - c['kernels_s'])} ({100 * (1 - c['kernels_s'] / c['call_s']):.0f}%) |"
-             for b, c in data["per_inner_step"].items()]
+            f"({100 * (1 - c['kernels_s'] / c['call_s']):.0f}%) |" for name, c in cases]
     return [f"Each convolution call of the inner step against the oneDNN kernels it runs (`python -m "
             f"benchmarks.perf.conv_calls`: the Omniglot net's layers channels-last, median of {data['rounds']} "
             f"rounds of {data['calls']} calls, {data['clock']}, {data['device']}; kernels: the primitive times "

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.records.scores import SCORES_FILE, match, read_scores
-from benchmarks.reporting.paired import combine, paired, verdict
+from benchmarks.reporting.paired import combine, paired, row_scores, verdict
 from benchmarks.reporting.table_format import fmt_pm, table_markdown
 
 BACKEND = "official-tf"
@@ -36,13 +35,6 @@ def _comparable(config: dict) -> dict:
     return out
 
 
-def _scores(row, cache: dict):
-    folder = Path(row.rows_file).parent
-    if folder not in cache:
-        cache[folder] = read_scores(folder / SCORES_FILE)
-    return match(row, cache[folder])
-
-
 def _pair(o, rows: pd.DataFrame, cache: dict):
     """Ours for official row ``o`` (same suite, cell, seed and config) and both per-task scores, or a problem."""
     cell = json.loads(o.config_json)["cell"]
@@ -51,8 +43,8 @@ def _pair(o, rows: pd.DataFrame, cache: dict):
     mine = [m for m in mine.itertuples() if _comparable(json.loads(m.config_json)) == _comparable(cell)]
     if not mine:
         return None, None, None, f"no row of {cell['suite']}/{cell['cell']} (seed {o.seed}) with this config"
-    a, problem_a = _scores(o, cache)
-    b, problem_b = _scores(mine[0], cache)
+    a, problem_a = row_scores(o, cache)
+    b, problem_b = row_scores(mine[0], cache)
     return mine[0], a, b, (f"not paired: {problem_a or problem_b}" if problem_a or problem_b else None)
 
 

@@ -41,6 +41,15 @@ def _label(r) -> str:
     return f"{r.algorithm} ({r.backend}, {protocol}) [{r.cell}]"
 
 
+def row_scores(row, cache: dict) -> tuple[pd.Series | None, str | None]:
+    """``records.scores.match`` for a row of ``load_rows`` (its scores beside its ``rows_file``), each folder's
+    scores file read once per ``cache``."""
+    folder = Path(row.rows_file).parent
+    if folder not in cache:
+        cache[folder] = read_scores(folder / SCORES_FILE)
+    return match(row, cache[folder])
+
+
 def scored_cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One line per (setting, cell) with its per-task values (seeds averaged per task); and the problems seen.
 
@@ -49,10 +58,7 @@ def scored_cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     lines, problems, cache = [], [], {}
     evaluated = rows[rows.eval_tasks.fillna(0).astype(int) > 0] if not rows.empty else rows
     for r in evaluated.itertuples():
-        folder = Path(r.rows_file).parent
-        if folder not in cache:
-            cache[folder] = read_scores(folder / SCORES_FILE)
-        values, problem = match(r, cache[folder])
+        values, problem = row_scores(r, cache)
         if problem:
             problems.append(f"{r.suite}/{r.cell} (seed {r.seed}, {r.device}): {problem}")
             continue
