@@ -28,23 +28,27 @@ setup-learn2learn:
 test: setup
 	$(PY) -m pytest -q
 
+# The malloc timed processes run with, as the cell processes do (benchmarks/running/allocator.py: tcmalloc
+# where installed, REPTILE_BENCH_MALLOC=glibc for glibc's); the allocator command times each setting itself.
+WITH_MALLOC = env $$($(PY) -m benchmarks.running.allocator --env)
+
 # The limit benchmark on one thread (thread CPU time), then second-order MAML again on every core
 # (wall time): whether the one-thread ratios against higher hold when torch may use all cores.
 perf: setup
 	mkdir -p results/perf
-	$(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
+	$(WITH_MALLOC) $(PY) -m pytest -q tests/perf --benchmark-only --benchmark-json=results/perf/cpu-benchmarks.json
 	mkdir -p results/limits results/eval results/backends results/distributed results/profile
-	$(PY) -m benchmarks.perf.limits --compile --json results/limits/cpu.json
-	$(PY) -m benchmarks.perf.limits --only maml-5 maml-1 --no-memory --threads $(CPU_THREADS) --json results/limits/cpu_all_threads.json
-	$(PY) -m benchmarks.perf.eval_throughput --json results/eval/throughput_cpu.json
-	$(PY) -m benchmarks.perf.eval_throughput --agreement --json results/eval/agreement_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.limits --compile --json results/limits/cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.limits --only maml-5 maml-1 --no-memory --threads $(CPU_THREADS) --json results/limits/cpu_all_threads.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.eval_throughput --json results/eval/throughput_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.eval_throughput --agreement --json results/eval/agreement_cpu.json
 	$(PY) -m benchmarks.perf.backend_check --json results/backends/correctness.json
 	$(PY) -m benchmarks.perf.data_parallel --json results/distributed/cpu.json
-	$(PY) -m benchmarks.perf.profile_reptile --json results/profile/reptile_cpu.json
-	$(PY) -m benchmarks.perf.step_variants --json results/profile/step_variants_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.profile_reptile --json results/profile/reptile_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.step_variants --json results/profile/step_variants_cpu.json
 	$(PY) -m benchmarks.perf.allocator --json results/profile/allocator_cpu.json
-	$(PY) -m benchmarks.perf.time_meta_step --layouts --steps 5 --warmup 1 --json results/profile/layouts_cpu.json
-	$(PY) -m benchmarks.perf.conv_calls --json results/profile/conv_calls_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.time_meta_step --layouts --steps 5 --warmup 1 --json results/profile/layouts_cpu.json
+	$(WITH_MALLOC) $(PY) -m benchmarks.perf.conv_calls --json results/profile/conv_calls_cpu.json
 	$(PY) -m benchmarks.reporting.readme
 
 # --jobs auto: one training per core, each pinned to its own core (results identical to --jobs 1; the

@@ -39,6 +39,7 @@ from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, completed_hashes, read_rows_or_empty
 from benchmarks.records.scores import ScoresFormatError, read_scores, SCORES_FILE
 from benchmarks.running import checks, launch
+from benchmarks.running.allocator import MALLOC_ENV, planned_malloc
 from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_FAILED, \
     EXIT_INCOMPLETE, EXIT_INTERRUPTED, quiet
 from benchmarks.running.suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
@@ -188,8 +189,13 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(str(e)) from None
     jobs, slots, warning = (1, [{}], None) if on_cluster else parse_jobs(args.jobs, device, args.threads, args.ranks)
     git_state = provenance.git_state(exclude=out)
-    # The name each row will carry (the runner sets --threads before naming its device).
-    device_label = (provenance.device_name(device, args.threads or None)
+    # The name each row will carry (the runner sets --threads before naming its device; the local launcher's
+    # processes preload allocator.malloc_env's malloc, a cluster job runs with the environment it is given).
+    try:
+        malloc = planned_malloc({**os.environ, MALLOC_ENV: "glibc"} if on_cluster else None)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    device_label = (provenance.device_name(device, args.threads or None, malloc)
                     if not (device.startswith("cuda") and on_slurm) else None)
     done = completed_hashes(folder / ROWS_FILE, git_state, device_label)  # also refuses a rows file of another schema
     check_scores_file(folder)
@@ -361,7 +367,11 @@ def plan(args: argparse.Namespace) -> int:
     from benchmarks.running import plan as planning
 
     cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device)
-    print(planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads))
+    try:
+        text = planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads)
+    except ValueError as e:  # a REPTILE_BENCH_MALLOC that names no malloc
+        raise UsageError(str(e)) from None
+    print(text)
     return 0
 
 

@@ -25,6 +25,9 @@ SMALL_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 
 # Tests must never touch the network, whatever the caller's environment says.
 os.environ["REPTILE_BENCH_OFFLINE"] = "1"
+# The processes tests start keep this one's malloc (none is preloaded for them), so a CPU device has one name
+# in every process of a test; tests/test_malloc.py preloads one on purpose.
+os.environ["REPTILE_BENCH_MALLOC"] = "glibc"
 
 
 @pytest.fixture

@@ -136,4 +136,31 @@ def test_evaluation_rounds_are_rendered_beside_the_training_rounds():
         text = "\n".join(peer_lines(Path(tmp), str))
     assert "Per evaluation task (5-way 1-shot" in text
     assert "this project, task by task, 1 thread" in text and "500 ms (×1.25)" in text
+    assert "| median of" not in text  # one round: nothing to take the median of
     assert peer.main(["--checkout", ".", "--eval-tasks", "1"]) == 2  # one task is no timing of a task
+
+
+def test_several_rounds_end_with_the_median_of_their_same_round_ratios():
+    from benchmarks.reporting.against_official import peer_lines
+
+    def run(med, threads):
+        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
+
+    # reference/1 against official/1 per round: x0.50, x1.00, x0.90 -> the row says x0.90, the median of the
+    # same-round ratios, not x0.80, the ratio of the median times (80 / 100 ms), which mixes rounds
+    times = [(0.100, 0.050), (0.080, 0.080), (0.200, 0.180)]
+    rounds = peer.rounds_report([{f"{w}/{t}": run(ours if w == "reference" else official, t)
+                                  for w, t in peer.CONTENDERS} for official, ours in times])
+    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "rounds": rounds, "median_s": rounds[0]["median_s"]}
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "peers").mkdir()
+        (Path(tmp) / "peers" / "official_reptile.json").write_text(json.dumps(report))
+        lines = peer_lines(Path(tmp), str)
+    last = next(line for line in lines if line.startswith("| median of 3 rounds"))
+    cells = [c.strip() for c in last.strip("|").split("|")]
+    keys = list(rounds[0]["median_s"])
+    assert cells[1 + keys.index("official/1")] == "100 ms"
+    assert cells[1 + keys.index("reference/1")] == "80 ms (×0.90)"

@@ -18,7 +18,10 @@ What it does, without touching the checkout or this project's environment:
    time) and at each library's default threads (wall time), and prints same-round ratios; then, unless
    ``--eval-tasks 0``, the same for one evaluation task: the official ``Reptile.evaluate`` (5-way 1-shot, 50
    Adam steps on minibatches of 5, non-transductive) against this project's evaluator, task by task
-   (``serial``) and batched (the default on CPU) (``official_reptile_ours.py`` is this project's side);
+   (``serial``) and batched (the default on CPU) (``official_reptile_ours.py`` is this project's side).
+   This project's processes preload the malloc its cell processes do (``running.allocator.malloc_env``:
+   tcmalloc where installed); the authors' code runs with the environment's (glibc's: with tcmalloc it was
+   not faster here); the JSON's ``malloc`` and the rows' device say which;
 5. writes ``results/peers/official_reptile.json`` (every round, training and evaluation) and one cost row per
    implementation and thread setting of the training timing to ``results/peer-official-reptile/rows.csv``
    (backend ``official-tf`` for the authors').
@@ -151,6 +154,10 @@ def run_one(who: str, threads: int, args, python: str, code: Path, data: Path, e
         cmd = ours + ["train", "--backend", who, "--threads", str(threads), "--iters", str(args.iters),
                       "--warmup", str(args.warmup)]
     env = {**os.environ, "PYTHONPATH": str(REPO), **TF_ENV}
+    if who != "official":  # this project's processes run as its cell processes do; the authors' code as released
+        from benchmarks.running.allocator import malloc_env
+
+        env = malloc_env(env)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if p.returncode != 0:
         raise PeerError(f"the {who} {'evaluation' if evaluation else 'training'} run ({threads or 'default'} threads) "
@@ -190,6 +197,14 @@ def rounds_report(rounds: list[dict[str, dict]]) -> list[dict]:
     return out
 
 
+def mallocs() -> dict[str, str]:
+    """The malloc each side's processes run with: the authors' code with this environment's (glibc's unless
+    ``LD_PRELOAD`` says otherwise: with tcmalloc it was not faster here), this project's with ``malloc_env``'s."""
+    from benchmarks.running.allocator import MALLOC_ENV, planned_malloc
+
+    return {"official": planned_malloc({**os.environ, MALLOC_ENV: "glibc"}), "this project": planned_malloc()}
+
+
 def rows_for(report: dict, git: dict, command: str) -> list[dict]:
     """One cost row (no evaluation) per implementation and thread setting, in this project's schema."""
     import hashlib
@@ -207,6 +222,8 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
         config_json = json.dumps(settings, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(config_json.encode()).hexdigest()[:12]
         label = "1 thread" if threads == "1" else "default threads"
+        malloc = report.get("malloc", {}).get("official" if who == "official" else "this project", "glibc")
+        say_malloc = "" if malloc == "glibc" else f", {malloc}"  # as provenance.device_name says it
         base = provenance.provenance("cpu", command, git)
         row = {
             "schema_version": SCHEMA_VERSION, "suite": "peer-official-reptile", "cell": f"{who}-{threads}t",
@@ -218,7 +235,7 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
             "peak_memory_bytes": report["peak_rss_bytes"][key], "memory_kind": "cpu_rss", "autograd_saved_bytes": None,
             "step_time_median_s": statistics.median(steps), "step_time_total_s": sum(steps), "eval_time_s": 0.0,
             "total_time_s": sum(steps), "parallel_jobs": 1, "world_size": 1,
-            **base, "device": f"cpu: {provenance.cpu_model()} ({label})",
+            **base, "device": f"cpu: {provenance.cpu_model()} ({label}{say_malloc})",
             "backend_info": report["versions"][who], "config_json": config_json, "config_hash": digest,
         }
         out.append({c: row[c] for c in COLUMNS})
@@ -245,6 +262,10 @@ def main(argv=None) -> int:
     from datasets.archive import atomic_write
 
     try:
+        try:
+            malloc = mallocs()
+        except ValueError as e:  # a REPTILE_BENCH_MALLOC that names no malloc
+            raise PeerError(str(e)) from None
         checkout = Path(args.checkout).expanduser().resolve()
         check_checkout(checkout)
         python = peer_python(Path(args.env), args.python)
@@ -279,7 +300,7 @@ def main(argv=None) -> int:
         "command": provenance.command_line(), **provenance.git_state(exclude=Path(args.out)),
         "cpu": provenance.cpu_model(), "iters": args.iters, "warmup": args.warmup,
         "clock": {"1": "process CPU time", "0": "wall time"},
-        "official_commit": commit.stdout.strip() or "unknown",
+        "official_commit": commit.stdout.strip() or "unknown", "malloc": malloc,
         "versions": {"official": f"tensorflow {rounds[0]['official/1'].get('tensorflow')} (compat.v1 graph), "
                                  f"openai/supervised-reptile {commit.stdout.strip() or '?'}",
                      "reference": f"torch {rounds[0]['reference/1'].get('torch')}, this project (reference)",

@@ -1,14 +1,16 @@
-"""What keeping freed memory (``benchmarks.running.allocator``) is worth: Reptile's meta-step with and without it.
+"""What the allocator settings (``benchmarks.running.allocator``) are worth: Reptile's meta-step with each.
 
     python -m benchmarks.perf.allocator [--rounds 5] [--iters 30] [--json results/profile/allocator_cpu.json]
 
 The default suite's Reptile meta-step (reference backend; ``benchmarks.peers.official_reptile_ours train``:
 Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, meta-batch 5, task sampling
 included) at 1 thread, in fresh processes that take turns: one with glibc's default allocator settings
-(``REPTILE_BENCH_ALLOCATOR=default``), one as every cell process runs. glibc reads its thresholds once, so
-each setting needs its own process. Per round: the median process-CPU time per meta-iteration, the minor
-page faults per meta-iteration, and the ratio of the two settings. The setting changes where freed
-memory goes, never a computed value (``tests/test_allocator.py`` checks the meta-step's bits).
+(``REPTILE_BENCH_ALLOCATOR=default``), one with glibc keeping freed memory, and, where the system has
+tcmalloc, one preloading it, as every cell process then runs. glibc reads its thresholds once and a malloc
+is chosen before a process starts, so each setting needs its own process. Per round: the median
+process-CPU time per meta-iteration, the minor page faults per meta-iteration, and the ratios (kept /
+defaults, tcmalloc / kept). A setting changes where memory comes from and goes, never a computed value
+(``tests/test_allocator.py`` checks the meta-step's bits).
 """
 from __future__ import annotations
 
@@ -19,14 +21,33 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.records.provenance import REPO_ROOT, device_name, measurement, write_json
-from benchmarks.running.allocator import ENV
+from benchmarks.records.provenance import REPO_ROOT, device_name, malloc_name, measurement, write_json
+from benchmarks.running.allocator import ENV, MALLOC_ENV, malloc_env, preload_library
 
 SETTINGS = {"glibc defaults": "default", "freed memory kept": ""}
+TCMALLOC = "tcmalloc"
+
+
+def settings() -> list[str]:
+    """The settings timed here: glibc's two, and tcmalloc where ``auto`` finds it."""
+    return [*SETTINGS, *([TCMALLOC] if preload_library({MALLOC_ENV: "auto"}) else [])]
+
+
+def setting_env(setting: str) -> dict[str, str]:
+    """This process's environment for one setting: glibc's malloc (any preloaded malloc taken out of
+    ``LD_PRELOAD``) with or without kept memory, or tcmalloc preloaded."""
+    if setting == TCMALLOC:
+        return malloc_env({**os.environ, MALLOC_ENV: "auto"})
+    env = {**os.environ, ENV: SETTINGS[setting]}
+    kept = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e and not malloc_name(e)]
+    env.pop("LD_PRELOAD", None)
+    if kept:
+        env["LD_PRELOAD"] = ":".join(kept)
+    return env
 
 
 def one_run(setting: str, iters: int) -> dict:
-    env = {**os.environ, ENV: SETTINGS[setting]}
+    env = setting_env(setting)
     cmd = [sys.executable, "-m", "benchmarks.peers.official_reptile_ours", "train", "--backend", "reference",
            "--threads", "1", "--iters", str(iters), "--warmup", "5"]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
@@ -37,16 +58,20 @@ def one_run(setting: str, iters: int) -> dict:
 
 def measure(rounds: int, iters: int) -> list[dict]:
     out = []
+    names = settings()
     for r in range(rounds):
-        runs = {name: one_run(name, iters) for name in SETTINGS}
+        runs = {name: one_run(name, iters) for name in names}
         median = {name: statistics.median(v["cpu_s"]) for name, v in runs.items()}
         out.append({"median_s": median, "ratio": median["freed memory kept"] / median["glibc defaults"],
                     "minor_faults_per_iteration": {n: v["minor_faults_per_iteration"] for n, v in runs.items()},
                     "allocator": {n: v["allocator"] for n, v in runs.items()},
                     "peak_rss_bytes": {n: v["peak_rss_bytes"] for n, v in runs.items()}})
+        if TCMALLOC in median:
+            out[-1]["ratio_tcmalloc"] = median[TCMALLOC] / median["freed memory kept"]
         print(f"round {r + 1}: " + ", ".join(f"{n} {median[n] * 1e3:.1f} ms "
-                                              f"({runs[n]['minor_faults_per_iteration']:.0f} faults)" for n in SETTINGS)
-              + f"; kept / defaults x{out[-1]['ratio']:.2f}", flush=True)
+                                              f"({runs[n]['minor_faults_per_iteration']:.0f} faults)" for n in names)
+              + f"; kept / defaults x{out[-1]['ratio']:.2f}"
+              + (f", tcmalloc / kept x{out[-1]['ratio_tcmalloc']:.2f}" if TCMALLOC in median else ""), flush=True)
     return out
 
 
@@ -59,9 +84,12 @@ def main(argv=None) -> dict:
     if args.rounds < 1 or args.iters < 1:
         ap.error(f"--rounds and --iters must be at least 1 (got {args.rounds} and {args.iters})")
     rounds = measure(args.rounds, args.iters)
-    report = measurement(device_name("cpu", 1), clock="process CPU time", iters=args.iters, rounds=rounds,
+    report = measurement(device_name("cpu", 1, "glibc"), clock="process CPU time", iters=args.iters, rounds=rounds,
                          ratio_median=statistics.median(r["ratio"] for r in rounds))
-    print(f"median kept / defaults: x{report['ratio_median']:.2f} over {args.rounds} rounds")
+    if "ratio_tcmalloc" in rounds[0]:
+        report["ratio_tcmalloc_median"] = statistics.median(r["ratio_tcmalloc"] for r in rounds)
+    print(f"median kept / defaults: x{report['ratio_median']:.2f} over {args.rounds} rounds"
+          + (f"; tcmalloc / kept: x{report['ratio_tcmalloc_median']:.2f}" if "ratio_tcmalloc_median" in report else ""))
     write_json(args.json, report)
     return report
 

@@ -99,15 +99,39 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_name(device: str, threads: int | None = None) -> str:
-    """E.g. ``cpu: AMD EPYC 7B13 (1 thread)`` or ``cuda: NVIDIA H100 80GB HBM3``.
+KNOWN_MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")
+"""Mallocs other than glibc's that a CPU device's name says (``benchmarks.running.allocator`` preloads one)."""
 
-    On CPU the torch thread count (``threads``, else this process's) is part of the name: it changes every timing.
+
+def malloc_name(library: str) -> str | None:
+    """``tcmalloc`` for ``/usr/lib/libtcmalloc_minimal.so.4`` (likewise jemalloc, mimalloc); None otherwise."""
+    base = Path(library).name
+    return next((k for k in KNOWN_MALLOCS if base.startswith(f"lib{k}")), None)
+
+
+def malloc_in_use() -> str:
+    """The malloc this process runs with: a known one mapped into it (``/proc/self/maps``), else ``glibc``."""
+    try:
+        with open("/proc/self/maps") as f:
+            names = {malloc_name(line.split()[-1]) for line in f if "/" in line}
+    except OSError:
+        return "glibc"
+    return next((k for k in KNOWN_MALLOCS if k in names), "glibc")
+
+
+def device_name(device: str, threads: int | None = None, malloc: str | None = None) -> str:
+    """E.g. ``cpu: AMD EPYC 7B13 (1 thread)``, ``cpu: AMD EPYC 7B13 (2 threads, tcmalloc)`` or
+    ``cuda: NVIDIA H100 80GB HBM3``.
+
+    On CPU the torch thread count (``threads``, else this process's) and a malloc other than glibc's
+    (``malloc``, else this process's) are part of the name: each changes every timing.
     """
     if device.startswith("cuda"):
         return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
     threads = threads or torch.get_num_threads()
-    return f"cpu: {cpu_model()} ({threads} thread{'s' if threads > 1 else ''})"
+    malloc = malloc or malloc_in_use()
+    say_malloc = "" if malloc == "glibc" else f", {malloc}"
+    return f"cpu: {cpu_model()} ({threads} thread{'s' if threads > 1 else ''}{say_malloc})"
 
 
 def command_line(argv: list[str] | None = None) -> str:

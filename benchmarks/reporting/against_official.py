@@ -35,6 +35,13 @@ def _rounds_table(part: dict, labels: dict) -> list[str]:
             ratio = r["ratio_to_official"].get(k)
             cells.append(f"{r['median_s'][k] * 1e3:.0f} ms" + (f" (×{ratio:.2f})" if ratio is not None else ""))
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    if len(part["rounds"]) > 1:  # the figure a same-round target is judged on: the median of the rounds' ratios
+        cells = []
+        for k in keys:
+            ratios = [r["ratio_to_official"][k] for r in part["rounds"] if r["ratio_to_official"].get(k) is not None]
+            time = statistics.median(r["median_s"][k] for r in part["rounds"]) * 1e3
+            cells.append(f"{time:.0f} ms" + (f" (×{statistics.median(ratios):.2f})" if ratios else ""))
+        lines.append(f"| median of {len(part['rounds'])} rounds | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -43,15 +50,20 @@ def peer_lines(results_dir: Path, link) -> list[str]:
     data = read_json(path)
     if data is None:
         return []
+    malloc = data.get("malloc")  # recorded since the processes may preload a malloc; glibc's before
+    said = (f"malloc: the authors' code {malloc['official']}, this project {malloc['this project']}; " if malloc
+            else "")
     out = [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
            f"meta-batch 5, task sampling included; medians of {data['iters']} iterations after {data['warmup']}; "
-           f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; × = ratio to the authors' code "
-           f"in the same round; {link(path)}):", "", *_rounds_table(data, LABELS)]
+           f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; {said}× = ratio to the authors' "
+           f"code in the same round, and the median of those ratios in the last row; {link(path)}):", "",
+           *_rounds_table(data, LABELS)]
     if "eval" in data:
         e = data["eval"]
         out += ["", f"Per evaluation task ({e['setting']}; the authors' `Reptile.evaluate` against this project's "
                 f"evaluator task by task and batched; median of {e['repeats']} repeats of {e['tasks']} tasks; same "
-                "clocks; × = ratio to the authors' code in the same round):", "", *_rounds_table(e, EVAL_LABELS)]
+                "clocks; × = ratio to the authors' code in the same round, and the median of those ratios in the last "
+                "row):", "", *_rounds_table(e, EVAL_LABELS)]
     return out
 
 
@@ -97,21 +109,30 @@ def variants_lines(results_dir: Path, link) -> list[str]:
 
 
 def allocator_lines(results_dir: Path, link) -> list[str]:
-    """Keeping freed memory (``benchmarks.perf.allocator``): the meta-step with glibc's defaults and as run, per round."""
+    """The allocator settings (``benchmarks.perf.allocator``): the meta-step with glibc's defaults, glibc keeping
+    freed memory and (where timed) tcmalloc, per round."""
     path = results_dir / "profile" / "allocator_cpu.json"
     data = read_json(path)
     if data is None:
         return []
+    tcmalloc = "ratio_tcmalloc_median" in data  # timed where the machine had it
     rows = []
     for i, r in enumerate(data["rounds"], 1):
         ms, faults = r["median_s"], r["minor_faults_per_iteration"]
-        rows.append(f"| {i} | {ms['glibc defaults'] * 1e3:.1f} ms ({faults['glibc defaults']:.0f}) "
-                    f"| {ms['freed memory kept'] * 1e3:.1f} ms ({faults['freed memory kept']:.0f}) | ×{r['ratio']:.2f} |")
-    return [f"Freed memory kept by glibc (`python -m benchmarks.perf.allocator`: the same meta-step in fresh processes "
-            f"taking turns, {data['iters']} meta-iterations each, {data['clock']}, {data['device']}; median ×"
-            f"{data['ratio_median']:.2f}; same bits either way; {link(path)}):", "",
-            "| Round | glibc defaults (page faults per meta-iteration) | as run: freed memory kept (page faults) "
-            "| × defaults |", "|---|---|---|---|", *rows]
+        cells = [f"{ms[k] * 1e3:.1f} ms ({faults[k]:.0f})" for k in ("glibc defaults", "freed memory kept")]
+        cells.append(f"×{r['ratio']:.2f}")
+        if tcmalloc:
+            cells += [f"{ms['tcmalloc'] * 1e3:.1f} ms ({faults['tcmalloc']:.0f})", f"×{r['ratio_tcmalloc']:.2f}"]
+        rows.append(f"| {i} | " + " | ".join(cells) + " |")
+    header = ["Round", "glibc defaults (page faults per meta-iteration)", "glibc, freed memory kept (page faults)",
+              "× defaults", *(["tcmalloc preloaded (page faults)", "× freed memory kept"] if tcmalloc else [])]
+    medians = f"median ×{data['ratio_median']:.2f} kept / defaults" + (
+        f", ×{data['ratio_tcmalloc_median']:.2f} tcmalloc / kept (the cell processes preload tcmalloc where "
+        "installed)" if tcmalloc else "")
+    return [f"Allocator settings (`python -m benchmarks.perf.allocator`: the same meta-step in fresh processes "
+            f"taking turns, {data['iters']} meta-iterations each, {data['clock']}, {data['device']}; {medians}; "
+            f"same bits with each; {link(path)}):", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
 
 
 def layouts_lines(results_dir: Path, link) -> list[str]:

@@ -93,7 +93,7 @@ def limits_lines(limits_dir: Path, readme: Path) -> list[str]:
                 ratio = "—" if sampling else f"×{t['median'] / floor:.2f}"
                 vs_ref = "—" if sampling or name == "reference" else f"×{ref / t['median']:.2f}"
                 vs_tf = (f"×{t['median'] / official:.2f}" if official and setting == "reptile" and not sampling
-                         and device.endswith("(1 thread)") else "—")
+                         and "(1 thread" in device else "—")
                 lines.append(f"| {setting} | {name} | {_duration(t['median'])} | {ratio} | {vs_ref} | {vs_tf} | {clock} "
                              f"| {device} | {_link(path, readme)} |")
         for setting, med in (data.get("compile") or {}).items():

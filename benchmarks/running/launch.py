@@ -3,7 +3,8 @@
 Each training process (``python -m benchmarks.running.runner``) gets a *slot*: on CPU its own cores
 (``--cpus``: slot i takes cores i*threads .. (i+1)*threads - 1, so two trainings never share a core
 unless there are more slots than cores), on CUDA its own card (``CUDA_VISIBLE_DEVICES``, round robin).
-Memory and time therefore stay per training; rows are written under the results folder's lock.
+Memory and time therefore stay per training; rows are written under the results folder's lock. Each
+process preloads the malloc ``allocator.malloc_env`` picks (tcmalloc where the system has it).
 
 No process outlives the run: children die with the CLI (``process.bind_to_parent``), a SIGTERM to the
 CLI is passed on to every child, and on Ctrl-C every child gets SIGINT and 30 s to save and exit.
@@ -20,6 +21,7 @@ from collections import deque
 from typing import Callable
 
 from benchmarks.records import provenance
+from benchmarks.running.allocator import malloc_env
 from benchmarks.running.process import die_with_parent
 from benchmarks.running.trainings import Training
 
@@ -27,8 +29,9 @@ POLL_S = 0.05
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The training process finds this checkout's packages whatever the working directory."""
-    env = dict(os.environ)
+    """The training process finds this checkout's packages whatever the working directory, and runs with the
+    malloc ``allocator.malloc_env`` chooses (tcmalloc where installed)."""
+    env = malloc_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(provenance.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     return env

@@ -25,7 +25,7 @@ import torch
 from algorithms import build_learner, build_model
 from algorithms.evaluation import evaluate
 from benchmarks.records import provenance
-from benchmarks.running.allocator import keep_freed_memory
+from benchmarks.running.allocator import keep_freed_memory, planned_malloc
 from benchmarks.records.collect import load_rows
 from benchmarks.running.config import CellConfig
 from benchmarks.running.trainings import group
@@ -125,7 +125,7 @@ def report(cells: list[CellConfig], results: Path, probe: bool = True, threads: 
     keep_freed_memory()  # the probe times steps as the cell processes run them
     if device == "cpu" and threads:
         torch.set_num_threads(threads)
-    label = provenance.device_name(device, threads or None)
+    label = provenance.device_name(device, threads or None, planned_malloc())  # the cell processes' malloc
     steps, tasks = measured_costs(results, label)
     trainings = group(cells)
     lines = [f"plan of suite {cells[0].suite} on {label}: {len(cells)} cells in {len(trainings)} distinct trainings",
