@@ -68,23 +68,27 @@ def test_the_environment_variable_leaves_the_defaults(monkeypatch):
 
 def test_the_side_by_side_command_writes_both_settings_and_the_readme_renders_them(tmp_path, capsys):
     path = tmp_path / "profile" / "allocator_cpu.json"
-    report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--json", str(path)])
+    report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--eval-tasks", "2", "--json", str(path)])
     saved = json.loads(path.read_text())
     expected = {"glibc defaults": "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)",
                 "freed memory kept": "freed memory kept (glibc trim and mmap thresholds 1 GiB)"}
     if "tcmalloc" in allocator_perf.settings():  # the machine has it: timed beside glibc's two settings
         expected["tcmalloc"] = "tcmalloc (preloaded)"
-        assert saved["ratio_tcmalloc_median"] > 0
+        assert saved["ratio_tcmalloc_median"] > 0 and saved["ratio_tcmalloc_eval_median"] > 0
+        assert set(saved["rounds"][0]["eval_median_s"]) == {"freed memory kept", "tcmalloc"}
     assert saved["rounds"][0]["allocator"] == expected
     assert report["ratio_median"] > 0 and "kept / defaults" in capsys.readouterr().out
     lines = allocator_lines(tmp_path, str)
-    assert lines[0].startswith("Allocator settings") and lines[-1].startswith("| 1 | ")
-    assert lines[-1].count("|") == (7 if "tcmalloc" in expected else 5)
+    assert lines[0].startswith("Allocator settings") and lines[4].startswith("| 1 | ")
+    assert lines[4].count("|") == (7 if "tcmalloc" in expected else 5)
+    assert ("One evaluation task in the same rounds" in "\n".join(lines)) == ("tcmalloc" in expected)
     assert allocator_lines(tmp_path / "nothing", str) == []
 
 
-@pytest.mark.parametrize("flag", ["--rounds", "--iters"])
-def test_fewer_than_one_round_or_iteration_is_refused(flag, capsys):
+@pytest.mark.parametrize("flag, value, message", [("--rounds", "0", "must be at least 1"),
+                                                  ("--iters", "0", "must be at least 1"),
+                                                  ("--eval-tasks", "1", "--eval-tasks must be 0")])
+def test_fewer_than_one_round_or_iteration_is_refused(flag, value, message, capsys):
     with pytest.raises(SystemExit) as e:
-        allocator_perf.main([flag, "0"])
-    assert e.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+        allocator_perf.main([flag, value])
+    assert e.value.code == 2 and message in capsys.readouterr().err

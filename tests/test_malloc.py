@@ -44,7 +44,8 @@ def test_auto_preloads_tcmalloc_where_found_and_glibc_preloads_nothing(found):
     assert allocator.planned_malloc({}) == "tcmalloc"
     assert allocator.planned_malloc({allocator.MALLOC_ENV: "glibc"}) == "glibc"
     # a malloc the user preloads themselves is the one the processes run with
-    assert allocator.planned_malloc({allocator.MALLOC_ENV: "glibc", "LD_PRELOAD": "/opt/libjemalloc.so.2"}) == "jemalloc"
+    mine = {allocator.MALLOC_ENV: "glibc", "LD_PRELOAD": "/opt/libjemalloc.so.2"}
+    assert allocator.planned_malloc(mine) == "jemalloc"
 
 
 def test_auto_without_tcmalloc_is_glibc(monkeypatch):
@@ -106,13 +107,15 @@ def test_the_allocator_command_times_glibc_without_a_preloaded_malloc(found, mon
 def test_reports_say_the_malloc(tmp_path):
     (tmp_path / "profile").mkdir()
     ms = {"glibc defaults": 0.1, "freed memory kept": 0.08, "tcmalloc": 0.06}
-    rnd = {"median_s": ms, "ratio": 0.8, "ratio_tcmalloc": 0.75, "minor_faults_per_iteration": dict.fromkeys(ms, 1.0)}
+    rnd = {"median_s": ms, "ratio": 0.8, "ratio_tcmalloc": 0.75, "minor_faults_per_iteration": dict.fromkeys(ms, 1.0),
+           "eval_median_s": {"freed memory kept": 0.1, "tcmalloc": 0.07}, "ratio_tcmalloc_eval": 0.7}
     (tmp_path / "profile" / "allocator_cpu.json").write_text(json.dumps(
         {"iters": 3, "clock": "process CPU time", "device": "cpu: X (1 thread)", "rounds": [rnd], "ratio_median": 0.8,
-         "ratio_tcmalloc_median": 0.75}))
+         "ratio_tcmalloc_median": 0.75, "eval_tasks": 2, "ratio_tcmalloc_eval_median": 0.7}))
     lines = allocator_lines(tmp_path, str)
     assert "×0.75 tcmalloc / kept" in lines[0] and "tcmalloc preloaded (page faults)" in lines[2]
-    assert lines[-1] == "| 1 | 100.0 ms (1) | 80.0 ms (1) | ×0.80 | 60.0 ms (1) | ×0.75 |"
+    assert lines[4] == "| 1 | 100.0 ms (1) | 80.0 ms (1) | ×0.80 | 60.0 ms (1) | ×0.75 |"
+    assert "median ×0.70 tcmalloc / kept" in lines[6] and lines[-1] == "| 1 | 100 ms | 70 ms | ×0.70 |"
     (tmp_path / "peers").mkdir()
     run = {"median_s": {"official/1": 0.1, "reference/1": 0.05}, "ratio_to_official": {"reference/1": 0.5}}
     (tmp_path / "peers" / "official_reptile.json").write_text(json.dumps(

@@ -129,10 +129,20 @@ def allocator_lines(results_dir: Path, link) -> list[str]:
     medians = f"median ×{data['ratio_median']:.2f} kept / defaults" + (
         f", ×{data['ratio_tcmalloc_median']:.2f} tcmalloc / kept (the cell processes preload tcmalloc where "
         "installed)" if tcmalloc else "")
-    return [f"Allocator settings (`python -m benchmarks.perf.allocator`: the same meta-step in fresh processes "
-            f"taking turns, {data['iters']} meta-iterations each, {data['clock']}, {data['device']}; {medians}; "
-            f"same bits with each; {link(path)}):", "",
-            "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
+    out = [f"Allocator settings (`python -m benchmarks.perf.allocator`: the same meta-step in fresh processes "
+           f"taking turns, {data['iters']} meta-iterations each, {data['clock']}, {data['device']}; {medians}; "
+           f"same bits with each; {link(path)}):", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows]
+    if "ratio_tcmalloc_eval_median" in data:
+        task = [f"| {i} | {r['eval_median_s']['freed memory kept'] * 1e3:.0f} ms "
+                f"| {r['eval_median_s']['tcmalloc'] * 1e3:.0f} ms | ×{r['ratio_tcmalloc_eval']:.2f} |"
+                for i, r in enumerate(data["rounds"], 1)]
+        out += ["", f"One evaluation task in the same rounds (the default evaluator, 5-way 1-shot, 50 Adam steps on "
+                f"minibatches of 5; median of 3 repeats of {data['eval_tasks']} tasks per process; median "
+                f"×{data['ratio_tcmalloc_eval_median']:.2f} tcmalloc / kept):", "",
+                "| Round | glibc, freed memory kept | tcmalloc preloaded | × freed memory kept |", "|---|---|---|---|",
+                *task]
+    return out
 
 
 def layouts_lines(results_dir: Path, link) -> list[str]:
