@@ -190,3 +190,23 @@ def test_a_schema_1_file_is_refused_with_the_migration_and_migrated_in_place(tmp
     assert (row.training_cells, row.eval_mode, row.parallel_jobs, row.world_size) == (1, "serial", 1, 1)
     assert len(row.training_key) == 12 and row.metric_mean == 1.25
     assert migrate.main([str(path)]) == 0  # already current: unchanged
+
+
+def test_a_rerun_under_another_device_name_takes_the_old_rows_scores_and_curve_with_it(tmp_path):
+    from benchmarks.records.scores import SCORES_FILE, read_scores
+
+    point = {"iteration": 5, "train_loss": 1.0, "eval_metric": "mse", "eval_mean": 1.2, "eval_ci95": 0.1}
+    other = make_row(cell="other", config_hash="ba9876543210")
+    results.write_result(tmp_path, other, [point], [1.0] * 20)
+    results.write_result(tmp_path, make_row(), [point], [1.25] * 20)
+    # the same configuration rerun with another malloc (or thread count): one row, its scores and curve only
+    rerun = make_row(device="cpu: Test CPU (1 thread, tcmalloc)")
+    results.write_result(tmp_path, rerun, [point, {**point, "iteration": 10}], [1.25] * 20)
+    rows = read_rows(tmp_path / "rows.csv")
+    assert sorted(zip(rows.cell, rows.device)) == [("c", rerun["device"]), ("other", DEVICE)]
+    scores = read_scores(tmp_path / SCORES_FILE)
+    assert sorted(set(zip(scores.config_hash, scores.device))) == [("0123456789ab", rerun["device"]),
+                                                                   ("ba9876543210", DEVICE)]
+    curves = results.read_curves(tmp_path / "curves.csv")
+    assert sorted(zip(curves.cell, curves.device, curves.iteration)) == [
+        ("c", rerun["device"], 5), ("c", rerun["device"], 10), ("other", DEVICE, 5)]

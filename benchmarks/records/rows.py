@@ -294,6 +294,13 @@ def write_result(folder: str | os.PathLike, row: dict[str, Any], curve: Iterable
     row = _checked(row)
     folder = Path(folder)
     with folder_lock(folder):
+        # The row this one replaces (same config_hash) may carry another device name (another thread count or
+        # malloc): its scores and curve go with it.
+        old = read_rows_or_empty(folder / ROWS_FILE)
+        old = old[(old["config_hash"].astype(str) == str(row["config_hash"])) & (old["device"] != row["device"])]
+        for replaced in old.itertuples():
+            score_files.remove(folder / score_files.SCORES_FILE, replaced.config_hash, replaced.device)
+            _replace_curve(folder / CURVES_FILE, replaced.suite, replaced.cell, int(replaced.seed), replaced.device, [])
         if scores is not None:
             score_files.add(folder / score_files.SCORES_FILE, row, scores)
         _replace_curve(folder / CURVES_FILE, row["suite"], row["cell"], int(row["seed"]), row["device"], curve)

@@ -70,6 +70,16 @@ def add(path: Path, row: dict[str, Any], values: list[float]) -> None:
     write_csv_atomic(pd.concat(parts, ignore_index=True), path)
 
 
+def remove(path: Path, config_hash: str, device: str) -> None:
+    """Drop the scores of the row (config_hash, device), if the file has any; caller holds the lock."""
+    from benchmarks.records.rows import write_csv_atomic
+
+    df = read_scores(path)
+    gone = (df["config_hash"] == str(config_hash)) & (df["device"] == str(device))
+    if gone.any():
+        write_csv_atomic(df[~gone], path)
+
+
 def match(row, scores: pd.DataFrame) -> tuple[pd.Series | None, str | None]:
     """The per-task values of ``row`` (a Series indexed by task), or (None, why not).
 
