@@ -210,3 +210,19 @@ def test_a_rerun_under_another_device_name_takes_the_old_rows_scores_and_curve_w
     curves = results.read_curves(tmp_path / "curves.csv")
     assert sorted(zip(curves.cell, curves.device, curves.iteration)) == [
         ("c", rerun["device"], 5), ("c", rerun["device"], 10), ("other", DEVICE, 5)]
+
+
+def test_the_newest_row_of_a_cell_wins_whichever_malloc_either_ran_with():
+    from benchmarks.records.collect import latest, without_malloc
+
+    def row(device, date, hash_):
+        return make_row(device=device, date=date, config_hash=hash_)
+
+    rows = pd.DataFrame([row(DEVICE, "2026-01-01T00:00:00Z", "000000000001"),
+                         row("cpu: Test CPU (1 thread, tcmalloc)", "2026-02-01T00:00:00Z", "000000000002"),
+                         row("cpu: Test CPU (2 threads)", "2026-01-01T00:00:00Z", "000000000003")])
+    kept = latest(rows)
+    assert sorted(kept.config_hash) == ["000000000002", "000000000003"]  # threads still tell devices apart
+    assert list(kept.columns) == list(rows.columns)
+    assert without_malloc("cpu: Test CPU (2 threads, jemalloc)") == "cpu: Test CPU (2 threads)"
+    assert without_malloc("cuda: NVIDIA H200") == "cuda: NVIDIA H200"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.records.rows import read_rows
+from benchmarks.records.rows import KNOWN_MALLOCS, read_rows
 
 SKIP_DIRS = {"reference", "tables", "plots", "perf", "limits"}
 """Folders of a results folder that hold no suite's rows."""
@@ -33,11 +33,21 @@ def latest(rows: pd.DataFrame) -> pd.DataFrame:
 
     A rerun of a cell under the same config replaces its row in the file (``results.write_row``); a
     rerun under another config (new code changed a default, a suite was edited) adds a row with
-    another hash. Without this, both would be averaged as if they were two seeds.
+    another hash. Without this, both would be averaged as if they were two seeds. The device is compared
+    without its malloc (``provenance.device_name``): a malloc moves times, never a computed value, so a
+    rerun with another one supersedes the older row rather than standing beside it.
     """
-    keys = ["suite", "cell", "device", "seed"]
+    device = rows["device"].astype(str).map(without_malloc) if len(rows) else rows["device"]
+    keyed = rows.assign(_device=device)
     # ISO-8601 UTC dates sort as text; a row without a date counts as the oldest.
-    ordered = rows.sort_values("date", kind="stable", na_position="first")
-    return ordered.drop_duplicates(keys, keep="last").sort_index()
+    ordered = keyed.sort_values("date", kind="stable", na_position="first")
+    return ordered.drop_duplicates(["suite", "cell", "_device", "seed"], keep="last").sort_index().drop(columns="_device")
+
+
+def without_malloc(device: str) -> str:
+    """``cpu: X (1 thread)`` for ``cpu: X (1 thread, tcmalloc)``; any other name as it is."""
+    for name in KNOWN_MALLOCS:
+        device = device.replace(f", {name})", ")")
+    return device
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.records.rows import KNOWN_MALLOCS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -97,10 +99,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-KNOWN_MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")
-"""Mallocs other than glibc's that a CPU device's name says (``benchmarks.running.allocator`` preloads one)."""
 
 
 def malloc_name(library: str) -> str | None:
