@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import cli
 from benchmarks.perf import allocator as allocator_perf
-from benchmarks.records import provenance
+from benchmarks.records import mallocs, provenance
 from benchmarks.records.provenance import REPO_ROOT
 from benchmarks.reporting.against_official import allocator_lines, peer_lines
 from benchmarks.running import allocator, launch
@@ -84,8 +84,8 @@ def test_cell_processes_get_the_preload_and_the_device_name_says_it(found, monke
     assert env["LD_PRELOAD"] == FAKE and env["CUDA_VISIBLE_DEVICES"] == "0" and str(REPO_ROOT) in env["PYTHONPATH"]
     assert provenance.device_name("cpu", 2, "tcmalloc").endswith("(2 threads, tcmalloc)")
     assert provenance.device_name("cpu", 1, "glibc").endswith("(1 thread)")  # the names rows had before
-    assert provenance.malloc_name("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4") == "tcmalloc"
-    assert provenance.malloc_name("libc.so.6") is None
+    assert mallocs.malloc_name("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4") == "tcmalloc"
+    assert mallocs.malloc_name("libc.so.6") is None
 
 
 def test_a_bad_setting_stops_a_run_before_any_work(tmp_path, monkeypatch, capsys):
@@ -133,7 +133,8 @@ from algorithms import build_model
 from algorithms.handwritten import InnerStep
 from algorithms.models import channels_last_on_cpu
 from algorithms.reptile import make_inner_optimizer
-from benchmarks.records.provenance import device_name, malloc_in_use
+from benchmarks.records.mallocs import malloc_in_use
+from benchmarks.records.provenance import device_name
 torch.set_num_threads(1)
 torch.manual_seed(0)
 net = build_model("omniglot", 5)

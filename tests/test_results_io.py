@@ -213,7 +213,8 @@ def test_a_rerun_under_another_device_name_takes_the_old_rows_scores_and_curve_w
 
 
 def test_the_newest_row_of_a_cell_wins_whichever_malloc_either_ran_with():
-    from benchmarks.records.collect import latest, without_malloc
+    from benchmarks.records.collect import latest
+    from benchmarks.records.mallocs import without_malloc
 
     def row(device, date, hash_):
         return make_row(device=device, date=date, config_hash=hash_)

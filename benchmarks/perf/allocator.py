@@ -11,7 +11,7 @@ tcmalloc, one preloading it, as every cell process then runs. glibc reads its th
 is chosen before a process starts, so each setting needs its own process. Per round: the median
 process-CPU time per meta-iteration, the minor page faults per meta-iteration, and the ratios (kept /
 defaults, tcmalloc / kept). A setting changes where memory comes from and goes, never a computed value
-(``tests/test_allocator.py`` checks the meta-step's bits). Where tcmalloc is timed, each round also times
+(``tests/test_allocator.py`` and ``tests/test_malloc.py`` check the bits). Where tcmalloc is timed, each round also times
 one evaluation task (the default evaluator, as the peer command does) with glibc keeping freed memory and
 with tcmalloc.
 """
@@ -24,8 +24,9 @@ import statistics
 import subprocess
 import sys
 
-from benchmarks.records.provenance import REPO_ROOT, device_name, malloc_name, measurement, write_json
-from benchmarks.running.allocator import ENV, MALLOC_ENV, malloc_env, preload_library
+from benchmarks.records.mallocs import malloc_name
+from benchmarks.records.provenance import REPO_ROOT, device_name, measurement, write_json
+from benchmarks.running.allocator import ENV, MALLOC_ENV, malloc_env, preload_entries, preload_library
 
 SETTINGS = {"glibc defaults": "default", "freed memory kept": ""}
 TCMALLOC = "tcmalloc"
@@ -42,7 +43,7 @@ def setting_env(setting: str) -> dict[str, str]:
     if setting == TCMALLOC:
         return malloc_env({**os.environ, MALLOC_ENV: "auto"})
     env = {**os.environ, ENV: SETTINGS[setting]}
-    kept = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e and not malloc_name(e)]
+    kept = [e for e in preload_entries(env) if not malloc_name(e)]
     env.pop("LD_PRELOAD", None)
     if kept:
         env["LD_PRELOAD"] = ":".join(kept)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.records.rows import KNOWN_MALLOCS, read_rows
+from benchmarks.records.mallocs import without_malloc
+from benchmarks.records.rows import read_rows
 
 SKIP_DIRS = {"reference", "tables", "plots", "perf", "limits"}
 """Folders of a results folder that hold no suite's rows."""
@@ -41,13 +42,5 @@ def latest(rows: pd.DataFrame) -> pd.DataFrame:
     keyed = rows.assign(_device=device)
     # ISO-8601 UTC dates sort as text; a row without a date counts as the oldest.
     ordered = keyed.sort_values("date", kind="stable", na_position="first")
-    return ordered.drop_duplicates(["suite", "cell", "_device", "seed"], keep="last").sort_index().drop(columns="_device")
-
-
-def without_malloc(device: str) -> str:
-    """``cpu: X (1 thread)`` for ``cpu: X (1 thread, tcmalloc)``; any other name as it is."""
-    for name in KNOWN_MALLOCS:
-        device = device.replace(f", {name})", ")")
-    return device
-
-
+    kept = ordered.drop_duplicates(["suite", "cell", "_device", "seed"], keep="last")
+    return kept.sort_index().drop(columns="_device")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.records.rows import KNOWN_MALLOCS
+from benchmarks.records.mallocs import malloc_in_use
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,22 +99,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def malloc_name(library: str) -> str | None:
-    """``tcmalloc`` for ``/usr/lib/libtcmalloc_minimal.so.4`` (likewise jemalloc, mimalloc); None otherwise."""
-    base = Path(library).name
-    return next((k for k in KNOWN_MALLOCS if base.startswith(f"lib{k}")), None)
-
-
-def malloc_in_use() -> str:
-    """The malloc this process runs with: a known one mapped into it (``/proc/self/maps``), else ``glibc``."""
-    try:
-        with open("/proc/self/maps") as f:
-            names = {malloc_name(line.split()[-1]) for line in f if "/" in line}
-    except OSError:
-        return "glibc"
-    return next((k for k in KNOWN_MALLOCS if k in names), "glibc")
 
 
 def device_name(device: str, threads: int | None = None, malloc: str | None = None) -> str:

@@ -36,7 +36,7 @@ Column meanings that are not obvious from the name (see COLUMNS for the order):
 - ``parallel_jobs``: how many trainings the run allowed side by side (``--jobs``; step times shift with it);
   ``world_size``: processes one training was split over (``torchrun``; 1 otherwise).
 - ``backend_info``: the library and version behind ``backend`` (e.g. ``higher 0.2.1``) and any mode it ran in.
-- ``device``: ``cpu: <model> (<n> thread[s])`` (``, <malloc>`` inside the brackets when one of ``KNOWN_MALLOCS``
+- ``device``: ``cpu: <model> (<n> thread[s])`` (``, <malloc>`` inside the brackets when one of ``mallocs.KNOWN_MALLOCS``
   was preloaded) or ``cuda: <name>``; ``git_dirty``: files differ from
   ``git_commit`` (the results folder excluded); ``command``: the command line that reproduces the row.
 """
@@ -54,9 +54,6 @@ import pandas as pd
 from datasets.archive import atomic_write
 
 SCHEMA_VERSION = 2
-
-KNOWN_MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")
-"""Mallocs other than glibc's that a CPU device's name says (``benchmarks.running.allocator`` preloads one)."""
 
 COLUMNS = [
     # identity

@@ -15,14 +15,15 @@ mark either way. ``python -m benchmarks.perf.allocator`` times Reptile's meta-st
 Set ``REPTILE_BENCH_ALLOCATOR=default`` to leave glibc's own settings (that command does, for its
 baseline). Elsewhere than glibc (macOS, musl) this does nothing.
 
-A faster malloc: where the system has tcmalloc (Debian and Ubuntu: ``apt install libtcmalloc-minimal4``),
-the processes this project starts to train and to time (the cell processes, the peer command's and
-``benchmarks.perf.allocator``'s) preload it (``malloc_env``): at the evaluator's minibatch of 5, glibc's malloc and
-free took 14 % of an inner step's samples under Linux ``perf`` (more than the step's batch norms), and
-tcmalloc's are faster (``python -m benchmarks.perf.allocator`` times the three settings side by side),
-while every computed value stays the same bit for bit (``tests/test_allocator.py``). ``REPTILE_BENCH_MALLOC``
-chooses: ``auto`` (the default: tcmalloc when found, else glibc's), ``glibc``, or a library to preload (a
-path, or a name the dynamic loader finds). The malloc a process runs with is part of its device's name
+A faster malloc: where the system has tcmalloc (Debian and Ubuntu: ``apt install
+libtcmalloc-minimal4``), the processes this project starts to train and to time (the cell processes,
+the peer command's and ``benchmarks.perf.allocator``'s; ``make perf`` runs its commands so) preload it
+(``malloc_env``): at the evaluator's minibatch of 5, glibc's malloc and free took 14 % of an inner
+step's samples under Linux ``perf`` (more than the step's batch norms), and tcmalloc's are faster
+(``python -m benchmarks.perf.allocator`` times the settings side by side), while every computed value
+stays the same bit for bit (``tests/test_malloc.py``). ``REPTILE_BENCH_MALLOC`` chooses: ``auto`` (the
+default: tcmalloc when found, else glibc's), ``glibc``, or a library to preload (a path, or a name the
+dynamic loader finds). The malloc a process runs with is part of its device's name
 (``provenance.device_name``), as its thread count is: it changes every timing.
 
     python -m benchmarks.running.allocator --env     # prints LD_PRELOAD=... (nothing for glibc's malloc)
@@ -35,7 +36,7 @@ import os
 import sys
 from pathlib import Path
 
-from benchmarks.records.provenance import KNOWN_MALLOCS, malloc_in_use, malloc_name
+from benchmarks.records.mallocs import KNOWN_MALLOCS, malloc_in_use, malloc_name
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 KEEP_BYTES = 1 << 30  # memory freed at the top of the heap is kept up to this much; blocks below it never mmap
@@ -81,9 +82,14 @@ def preload_library(env=None) -> str | None:
         raise ValueError(f"{MALLOC_ENV}={choice}: no such file; give a malloc library's path (e.g. "
                          f"/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4), 'auto' or 'glibc'")
     if malloc_name(choice) is None:
-        raise ValueError(f"{MALLOC_ENV}={choice}: not a malloc this project can name ({', '.join(KNOWN_MALLOCS)}); "
-                         "give such a library, 'auto' or 'glibc'")
+        raise ValueError(f"{MALLOC_ENV}={choice}: not a malloc this project can name "
+                         f"({', '.join(KNOWN_MALLOCS)}); give such a library, 'auto' or 'glibc'")
     return choice
+
+
+def preload_entries(env) -> list[str]:
+    """The libraries ``env``'s ``LD_PRELOAD`` names, in order (the loader takes colons or spaces between them)."""
+    return [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
 
 
 def malloc_env(env=None) -> dict[str, str]:
@@ -91,7 +97,7 @@ def malloc_env(env=None) -> dict[str, str]:
     (unchanged for glibc's malloc, or when it is there already)."""
     out = dict(os.environ if env is None else env)
     lib = preload_library(out)
-    entries = [e for e in out.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
+    entries = preload_entries(out)
     if lib and lib not in entries:
         out["LD_PRELOAD"] = ":".join([lib, *entries])
     return out
@@ -99,8 +105,7 @@ def malloc_env(env=None) -> dict[str, str]:
 
 def planned_malloc(env=None) -> str:
     """The malloc a process started with ``malloc_env(env)`` runs with: its preloaded malloc's name, or glibc."""
-    entries = malloc_env(env).get("LD_PRELOAD", "").replace(" ", ":").split(":")
-    return next((name for name in map(malloc_name, entries) if name), "glibc")
+    return next((name for name in map(malloc_name, preload_entries(malloc_env(env))) if name), "glibc")
 
 
 def main(argv=None) -> int:
