@@ -39,7 +39,7 @@ from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, completed_hashes, read_rows_or_empty
 from benchmarks.records.scores import ScoresFormatError, read_scores, SCORES_FILE
 from benchmarks.running import checks, launch
-from benchmarks.running.allocator import MALLOC_ENV, planned_malloc
+from benchmarks.running.allocator import inherited_malloc, planned_malloc
 from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EXIT_DIVERGED, EXIT_FAILED, \
     EXIT_INCOMPLETE, EXIT_INTERRUPTED, quiet
 from benchmarks.running.suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     # The name each row will carry (the runner sets --threads before naming its device; the local launcher's
     # processes preload allocator.malloc_env's malloc, a cluster job runs with the environment it is given).
     try:
-        malloc = planned_malloc({**os.environ, MALLOC_ENV: "glibc"} if on_cluster else None)
+        malloc = inherited_malloc() if on_cluster else planned_malloc()
     except ValueError as e:
         raise UsageError(str(e)) from None
     device_label = (provenance.device_name(device, args.threads or None, malloc)
@@ -368,10 +368,10 @@ def plan(args: argparse.Namespace) -> int:
 
     cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device)
     try:
-        text = planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads)
+        malloc = planned_malloc()  # the cell processes'
     except ValueError as e:  # a REPTILE_BENCH_MALLOC that names no malloc
         raise UsageError(str(e)) from None
-    print(text)
+    print(planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads, malloc=malloc))
     return 0
 
 

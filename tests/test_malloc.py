@@ -46,6 +46,9 @@ def test_auto_preloads_tcmalloc_where_found_and_glibc_preloads_nothing(found):
     # a malloc the user preloads themselves is the one the processes run with
     mine = {allocator.MALLOC_ENV: "glibc", "LD_PRELOAD": "/opt/libjemalloc.so.2"}
     assert allocator.planned_malloc(mine) == "jemalloc"
+    # the environment's own malloc, none added (the authors' code, a cluster job)
+    assert allocator.inherited_malloc({}) == "glibc"
+    assert allocator.inherited_malloc({"LD_PRELOAD": "/opt/libjemalloc.so.2"}) == "jemalloc"
 
 
 def test_auto_without_tcmalloc_is_glibc(monkeypatch):
@@ -93,6 +96,8 @@ def test_a_bad_setting_stops_a_run_before_any_work(tmp_path, monkeypatch, capsys
     assert cli.main(["run", "--suite", "smoke", "--out", str(tmp_path)]) == 2
     assert "REPTILE_BENCH_MALLOC=/no/such/libtcmalloc.so: no such file" in capsys.readouterr().err
     assert not (tmp_path / "smoke" / "rows.csv").exists()
+    assert cli.main(["plan", "--suite", "smoke", "--no-probe", "--results", str(tmp_path)]) == 2
+    assert "REPTILE_BENCH_MALLOC=/no/such/libtcmalloc.so: no such file" in capsys.readouterr().err
 
 
 def test_the_allocator_command_times_glibc_without_a_preloaded_malloc(found, monkeypatch):

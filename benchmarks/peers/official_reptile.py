@@ -200,9 +200,9 @@ def rounds_report(rounds: list[dict[str, dict]]) -> list[dict]:
 def mallocs() -> dict[str, str]:
     """The malloc each side's processes run with: the authors' code with this environment's (glibc's unless
     ``LD_PRELOAD`` says otherwise: with tcmalloc it was not faster here), this project's with ``malloc_env``'s."""
-    from benchmarks.running.allocator import MALLOC_ENV, planned_malloc
+    from benchmarks.running.allocator import inherited_malloc, planned_malloc
 
-    return {"official": planned_malloc({**os.environ, MALLOC_ENV: "glibc"}), "this project": planned_malloc()}
+    return {"official": inherited_malloc(), "this project": planned_malloc()}
 
 
 def rows_for(report: dict, git: dict, command: str) -> list[dict]:
@@ -223,7 +223,6 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
         digest = hashlib.sha256(config_json.encode()).hexdigest()[:12]
         label = "1 thread" if threads == "1" else "default threads"
         malloc = report.get("malloc", {}).get("official" if who == "official" else "this project", "glibc")
-        say_malloc = "" if malloc == "glibc" else f", {malloc}"  # as provenance.device_name says it
         base = provenance.provenance("cpu", command, git)
         row = {
             "schema_version": SCHEMA_VERSION, "suite": "peer-official-reptile", "cell": f"{who}-{threads}t",
@@ -235,7 +234,7 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
             "peak_memory_bytes": report["peak_rss_bytes"][key], "memory_kind": "cpu_rss", "autograd_saved_bytes": None,
             "step_time_median_s": statistics.median(steps), "step_time_total_s": sum(steps), "eval_time_s": 0.0,
             "total_time_s": sum(steps), "parallel_jobs": 1, "world_size": 1,
-            **base, "device": f"cpu: {provenance.cpu_model()} ({label}{say_malloc})",
+            **base, "device": provenance.cpu_device(label, malloc),
             "backend_info": report["versions"][who], "config_json": config_json, "config_hash": digest,
         }
         out.append({c: row[c] for c in COLUMNS})

@@ -11,9 +11,9 @@ tcmalloc, one preloading it, as every cell process then runs. glibc reads its th
 is chosen before a process starts, so each setting needs its own process. Per round: the median
 process-CPU time per meta-iteration, the minor page faults per meta-iteration, and the ratios (kept /
 defaults, tcmalloc / kept). A setting changes where memory comes from and goes, never a computed value
-(``tests/test_allocator.py`` and ``tests/test_malloc.py`` check the bits). Where tcmalloc is timed, each round also times
-one evaluation task (the default evaluator, as the peer command does) with glibc keeping freed memory and
-with tcmalloc.
+(``tests/test_allocator.py`` and ``tests/test_malloc.py`` check the bits). Where tcmalloc is timed, each
+round also times one evaluation task (the default evaluator, as the peer command does) with glibc keeping
+freed memory and with tcmalloc.
 """
 from __future__ import annotations
 

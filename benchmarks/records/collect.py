@@ -38,8 +38,7 @@ def latest(rows: pd.DataFrame) -> pd.DataFrame:
     without its malloc (``provenance.device_name``): a malloc moves times, never a computed value, so a
     rerun with another one supersedes the older row rather than standing beside it.
     """
-    device = rows["device"].astype(str).map(without_malloc) if len(rows) else rows["device"]
-    keyed = rows.assign(_device=device)
+    keyed = rows.assign(_device=rows["device"].astype(str).map(without_malloc))
     # ISO-8601 UTC dates sort as text; a row without a date counts as the oldest.
     ordered = keyed.sort_values("date", kind="stable", na_position="first")
     kept = ordered.drop_duplicates(["suite", "cell", "_device", "seed"], keep="last")

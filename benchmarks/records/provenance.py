@@ -111,9 +111,13 @@ def device_name(device: str, threads: int | None = None, malloc: str | None = No
     if device.startswith("cuda"):
         return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
     threads = threads or torch.get_num_threads()
-    malloc = malloc or malloc_in_use()
-    say_malloc = "" if malloc == "glibc" else f", {malloc}"
-    return f"cpu: {cpu_model()} ({threads} thread{'s' if threads > 1 else ''}{say_malloc})"
+    return cpu_device(f"{threads} thread{'s' if threads > 1 else ''}", malloc or malloc_in_use())
+
+
+def cpu_device(threads: str, malloc: str) -> str:
+    """``cpu: <model> (<threads>[, <malloc>])``, the malloc said unless it is glibc's (``mallocs.without_malloc``
+    takes it back out); ``threads`` as said, e.g. ``1 thread`` or ``default threads``."""
+    return f"cpu: {cpu_model()} ({threads}{'' if malloc == 'glibc' else ', ' + malloc})"
 
 
 def command_line(argv: list[str] | None = None) -> str:

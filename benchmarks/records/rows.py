@@ -268,8 +268,9 @@ def _whole_bytes(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _add_row(path: Path, row: dict[str, Any]) -> None:
-    df = read_rows_or_empty(path)
+def _add_row(path: Path, row: dict[str, Any], df: pd.DataFrame | None = None) -> None:
+    """Write ``row`` into ``path``'s rows (``df``: those rows, already read), replacing its config_hash's."""
+    df = read_rows_or_empty(path) if df is None else df
     df = df[df["config_hash"].astype(str) != str(row["config_hash"])]
     new = pd.DataFrame([row], columns=COLUMNS)
     write_csv_atomic(_whole_bytes(new if df.empty else pd.concat([df, new], ignore_index=True)), path)
@@ -297,15 +298,15 @@ def write_result(folder: str | os.PathLike, row: dict[str, Any], curve: Iterable
     with folder_lock(folder):
         # The row this one replaces (same config_hash) may carry another device name (another thread count or
         # malloc): its scores and curve go with it.
-        old = read_rows_or_empty(folder / ROWS_FILE)
-        old = old[(old["config_hash"].astype(str) == str(row["config_hash"])) & (old["device"] != row["device"])]
-        for replaced in old.itertuples():
+        existing = read_rows_or_empty(folder / ROWS_FILE)
+        same = existing["config_hash"].astype(str) == str(row["config_hash"])
+        for replaced in existing[same & (existing["device"] != row["device"])].itertuples():
             score_files.remove(folder / score_files.SCORES_FILE, replaced.config_hash, replaced.device)
             _replace_curve(folder / CURVES_FILE, replaced.suite, replaced.cell, int(replaced.seed), replaced.device, [])
         if scores is not None:
             score_files.add(folder / score_files.SCORES_FILE, row, scores)
         _replace_curve(folder / CURVES_FILE, row["suite"], row["cell"], int(row["seed"]), row["device"], curve)
-        _add_row(folder / ROWS_FILE, row)
+        _add_row(folder / ROWS_FILE, row, existing)
 
 
 def read_curves(path: str | os.PathLike) -> pd.DataFrame:

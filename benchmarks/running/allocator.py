@@ -108,6 +108,11 @@ def planned_malloc(env=None) -> str:
     return next((name for name in map(malloc_name, preload_entries(malloc_env(env))) if name), "glibc")
 
 
+def inherited_malloc(env=None) -> str:
+    """The malloc a process started with ``env`` as it is runs with (none added: ``LD_PRELOAD``'s, else glibc)."""
+    return planned_malloc({**(os.environ if env is None else env), MALLOC_ENV: "glibc"})
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["--env"]:

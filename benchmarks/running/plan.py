@@ -117,15 +117,18 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:,.2f} h" if seconds >= 36 else f"{seconds:,.1f} s"
 
 
-def report(cells: list[CellConfig], results: Path, probe: bool = True, threads: int = 1) -> str:
-    """The plan as text: trainings and their cells, with the source of every cost figure, and the totals."""
+def report(cells: list[CellConfig], results: Path, probe: bool = True, threads: int = 1,
+           malloc: str | None = None) -> str:
+    """The plan as text: trainings and their cells, with the source of every cost figure, and the totals.
+
+    ``malloc``: the one the cell processes will run with (default ``allocator.planned_malloc()``'s)."""
     if not cells:
         return "no cells"
     device = cells[0].device
     keep_freed_memory()  # the probe times steps as the cell processes run them
     if device == "cpu" and threads:
         torch.set_num_threads(threads)
-    label = provenance.device_name(device, threads or None, planned_malloc())  # the cell processes' malloc
+    label = provenance.device_name(device, threads or None, malloc or planned_malloc())
     steps, tasks = measured_costs(results, label)
     trainings = group(cells)
     lines = [f"plan of suite {cells[0].suite} on {label}: {len(cells)} cells in {len(trainings)} distinct trainings",
