@@ -1,6 +1,7 @@
 """Batched evaluation: fine-tune many evaluation tasks at once, each with its own weights and batch-norm statistics.
 
-The same maths as the serial evaluator (``evaluation.py``, the reference), task for task: the same
+The same maths as the serial evaluator (``evaluation.py``, the reference; the config and checks both use are
+``eval_protocol.py``), task for task: the same
 tasks, the same minibatch order per task (``finetune_generator(seed, index)``), the same optimiser
 (``functional.AdamState`` reproduces ``torch.optim.Adam``, ``functional.sgd_`` plain SGD), the same
 two protocols. Tasks are processed in chunks of ``task_batch``; each chunk's weights are stacked
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluation import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
+from .eval_protocol import EvalConfig, adapted_parameters, check_fine_tuning, check_scores, finetune_generator
 from .functional import AdamState, TaskNet, flat_views, sgd_
 from .handwritten import HandwrittenNet, laid_out_like
 from .minibatch import minibatch_indices

@@ -8,7 +8,8 @@ import pandas as pd
 from PIL import Image
 
 from benchmarks.reporting import plots
-from benchmarks.records.rows import CURVE_COLUMNS, write_csv_atomic
+from benchmarks.records.files import write_csv_atomic
+from benchmarks.records.rows import CURVE_COLUMNS
 from test_tables import fake_row, write_suite
 
 

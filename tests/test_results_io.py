@@ -173,7 +173,7 @@ def _write_many(path, k):
 
 
 def test_a_schema_1_file_is_refused_with_the_migration_and_migrated_in_place(tmp_path):
-    from benchmarks.records import migrate
+    from benchmarks.running import migrate
 
     path = tmp_path / "rows.csv"
     write_row(path, make_row())
@@ -183,7 +183,7 @@ def test_a_schema_1_file_is_refused_with_the_migration_and_migrated_in_place(tmp
     df["config_json"] = ('{"cell":"c","dataset":"sine","split":"maml","suite":"s","ways":1,"shots":10,'
                          '"train_query":10,"device":"cpu"}')
     df.to_csv(path, index=False)
-    with pytest.raises(ResultsFormatError, match="python -m benchmarks.records.migrate"):
+    with pytest.raises(ResultsFormatError, match="python -m benchmarks.running.migrate"):
         read_rows(path)
     assert migrate.main([str(path)]) == 0
     row = read_rows(path).iloc[0]

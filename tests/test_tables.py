@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks.reporting import tables
 from _rows import valid_row
-from benchmarks.records.rows import COLUMNS, write_csv_atomic
+from benchmarks.records.files import write_csv_atomic
+from benchmarks.records.rows import COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -34,7 +34,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.reporting.table_format import write_text_atomic
-from benchmarks.records.rows import COLUMNS, CURVE_COLUMNS, ROWS_FILE, CURVES_FILE, read_curves, read_rows, write_csv_atomic
+from benchmarks.records.files import write_csv_atomic
+from benchmarks.records.rows import COLUMNS, CURVE_COLUMNS, ROWS_FILE, CURVES_FILE, read_curves, read_rows
 
 MAX_FILES, MAX_BYTES = 8, 16 * 2**20
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")

@@ -42,16 +42,16 @@ Column meanings that are not obvious from the name (see COLUMNS for the order):
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import pandas as pd
 
-from datasets.archive import atomic_write
+from benchmarks.records import scores as score_files
+from benchmarks.records.files import folder_lock, write_csv_atomic
 
 SCHEMA_VERSION = 2
 
@@ -176,7 +176,7 @@ def read_rows(path: str | os.PathLike) -> pd.DataFrame:
             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'}); {_fresh_hint(path)}"
         )
     if any(v != SCHEMA_VERSION for v in versions):
-        migrate = (f"; or bring it up to date in place with `python -m benchmarks.records.migrate {path}`"
+        migrate = (f"; or bring it up to date in place with `python -m benchmarks.running.migrate {path}`"
                    if versions == [1] else "")
         raise ResultsFormatError(
             f"{path} holds rows of schema version(s) {versions}; this code reads and writes version "
@@ -223,31 +223,6 @@ def completed_hashes(path: str | os.PathLike, git: dict, device: str | None) -> 
     return set(df.loc[mine, "config_hash"].astype(str))
 
 
-def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    with atomic_write(path, "w", newline="") as f:
-        df.to_csv(f, index=False)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on a results folder for a read-modify-write, so two runs writing rows into
-    the same folder (two shells, two scripts, --jobs) cannot drop each other's rows. No lock file is
-    left: the lock is held on the folder itself (flock; where unavailable, no locking)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def _checked(row: dict[str, Any]) -> dict[str, Any]:
     missing = [c for c in COLUMNS if c not in row]
     extra = [c for c in row if c not in COLUMNS]
@@ -291,8 +266,6 @@ def write_result(folder: str | os.PathLike, row: dict[str, Any], curve: Iterable
     A reader therefore never sees a row without its scores; an interruption between the files at worst
     leaves scores that no row matches, which the paired table reports (``scores.match``) and the rerun replaces.
     """
-    from benchmarks.records import scores as score_files
-
     row = _checked(row)
     folder = Path(folder)
     with folder_lock(folder):

@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.records.files import write_csv_atomic
+
 SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ["suite", "cell", "seed", "device", "config_hash", "task", "value"]
 NO_SCORES = "no per-task scores"
@@ -56,8 +58,6 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 def add(path: Path, row: dict[str, Any], values: list[float]) -> None:
     """Replace the scores of ``row`` (same config_hash and device) by ``values`` (task 0, 1, ...); caller holds the lock."""
-    from benchmarks.records.rows import write_csv_atomic
-
     if len(values) != int(row["eval_tasks"]) or not all(math.isfinite(v) for v in values):
         raise ValueError(f"cell {row['cell']}: {len(values)} per-task scores for {row['eval_tasks']} evaluation tasks, "
                          "or a score that is not finite; refusing to write them")
@@ -72,8 +72,6 @@ def add(path: Path, row: dict[str, Any], values: list[float]) -> None:
 
 def remove(path: Path, config_hash: str, device: str) -> None:
     """Drop the scores of the row (config_hash, device), if the file has any; caller holds the lock."""
-    from benchmarks.records.rows import write_csv_atomic
-
     df = read_scores(path)
     gone = (df["config_hash"] == str(config_hash)) & (df["device"] == str(device))
     if gone.any():

@@ -1,6 +1,6 @@
 """Bring a ``rows.csv`` written under an older schema up to the current one, in place (atomically).
 
-    python -m benchmarks.records.migrate results/default/rows.csv [more rows.csv ...]
+    python -m benchmarks.running.migrate results/default/rows.csv [more rows.csv ...]
 
 Schema 1 -> 2 adds the columns of shared trainings, evaluation mode, parallel jobs and backends. Every value
 added is what schema-1 code did, not a guess: each cell trained alone (``training_key`` from its own
@@ -8,6 +8,9 @@ config, ``training_cells`` = 1), one cell at a time (``parallel_jobs`` = 1) in o
 (``world_size`` = 1), evaluated by the serial evaluator (``eval_mode`` = serial, the only one it had);
 ``backend_info`` is left empty (not recorded then). Schema-1 rows have no per-task scores; the paired
 table says so. A file already at the current schema is left untouched.
+
+It lives in ``running``, not beside the row schema in ``records``, because the training key it fills in is
+computed from a cell's config (``running.config``, ``running.trainings``): records never import running.
 """
 from __future__ import annotations
 
@@ -16,14 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, TEXT_COLUMNS, read_rows, write_csv_atomic
+from benchmarks.records.files import write_csv_atomic
+from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION, TEXT_COLUMNS, read_rows
+from benchmarks.running.config import CellConfig
+from benchmarks.running.trainings import training_key
 
 
 def migrate(path: Path) -> str:
     """Migrate one file; returns what was done (for the message)."""
-    from benchmarks.running.config import CellConfig
-    from benchmarks.running.trainings import training_key
-
     df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
     versions = set(pd.to_numeric(df["schema_version"], errors="coerce").dropna().astype(int))
     if versions == {SCHEMA_VERSION}:
@@ -43,7 +46,7 @@ def migrate(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
     if not paths:
-        print("usage: python -m benchmarks.records.migrate ROWS_CSV [ROWS_CSV ...]", file=sys.stderr)
+        print("usage: python -m benchmarks.running.migrate ROWS_CSV [ROWS_CSV ...]", file=sys.stderr)
         return 2
     for path in paths:
         try:
