@@ -66,23 +66,41 @@ def test_the_environment_variable_leaves_the_defaults(monkeypatch):
     assert allocator.keep_freed_memory() == "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)"
 
 
-def test_the_side_by_side_command_writes_both_settings_and_the_readme_renders_them(tmp_path, capsys):
+GLIBC_SETTINGS = {"glibc defaults": "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)",
+                  "freed memory kept": "freed memory kept (glibc trim and mmap thresholds 1 GiB)"}
+HAS_TCMALLOC = allocator_perf.settings({allocator.MALLOC_ENV: "auto"})[-1] == allocator_perf.TCMALLOC
+
+
+def _side_by_side(tmp_path, capsys) -> tuple[dict, dict, list[str]]:
     path = tmp_path / "profile" / "allocator_cpu.json"
     report = allocator_perf.main(["--rounds", "1", "--iters", "2", "--eval-tasks", "2", "--json", str(path)])
-    saved = json.loads(path.read_text())
-    expected = {"glibc defaults": "glibc defaults (REPTILE_BENCH_ALLOCATOR=default)",
-                "freed memory kept": "freed memory kept (glibc trim and mmap thresholds 1 GiB)"}
-    if "tcmalloc" in allocator_perf.settings():  # the machine has it: timed beside glibc's two settings
-        expected["tcmalloc"] = "tcmalloc (preloaded)"
-        assert saved["ratio_tcmalloc_median"] > 0 and saved["ratio_tcmalloc_eval_median"] > 0
-        assert set(saved["rounds"][0]["eval_median_s"]) == {"freed memory kept", "tcmalloc"}
-    assert saved["rounds"][0]["allocator"] == expected
     assert report["ratio_median"] > 0 and "kept / defaults" in capsys.readouterr().out
     lines = allocator_lines(tmp_path, str)
     assert lines[0].startswith("Allocator settings") and lines[4].startswith("| 1 | ")
-    assert lines[4].count("|") == (7 if "tcmalloc" in expected else 5)
-    assert ("One evaluation task in the same rounds" in "\n".join(lines)) == ("tcmalloc" in expected)
     assert allocator_lines(tmp_path / "nothing", str) == []
+    return report, json.loads(path.read_text()), lines
+
+
+@pytest.mark.usefixtures("omniglot_root")  # the timed processes read the small split
+def test_without_tcmalloc_the_command_times_glibcs_two_settings_and_no_evaluation(tmp_path, capsys, monkeypatch):
+    """The normal machine: tcmalloc absent (REPTILE_BENCH_MALLOC=glibc says so wherever it is installed)."""
+    monkeypatch.setenv(allocator.MALLOC_ENV, "glibc")
+    assert allocator_perf.settings() == list(GLIBC_SETTINGS)
+    _, saved, lines = _side_by_side(tmp_path, capsys)  # --eval-tasks 2 asked for: nothing to compare, so none timed
+    assert saved["rounds"][0]["allocator"] == GLIBC_SETTINGS
+    assert "eval_median_s" not in saved["rounds"][0] and "ratio_tcmalloc_median" not in saved
+    assert lines[4].count("|") == 5 and "One evaluation task in the same rounds" not in "\n".join(lines)
+
+
+@pytest.mark.skipif(not HAS_TCMALLOC, reason="no tcmalloc on this machine (Debian/Ubuntu: apt install libtcmalloc-minimal4)")
+@pytest.mark.usefixtures("omniglot_root")
+def test_with_tcmalloc_the_command_times_it_beside_glibc_and_one_evaluation_task(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(allocator.MALLOC_ENV, "auto")
+    _, saved, lines = _side_by_side(tmp_path, capsys)
+    assert saved["rounds"][0]["allocator"] == {**GLIBC_SETTINGS, "tcmalloc": "tcmalloc (preloaded)"}
+    assert saved["ratio_tcmalloc_median"] > 0 and saved["ratio_tcmalloc_eval_median"] > 0
+    assert set(saved["rounds"][0]["eval_median_s"]) == {"freed memory kept", "tcmalloc"}
+    assert lines[4].count("|") == 7 and "One evaluation task in the same rounds" in "\n".join(lines)
 
 
 @pytest.mark.parametrize("flag, value, message", [("--rounds", "0", "must be at least 1"),

@@ -102,7 +102,9 @@ def test_a_bad_setting_stops_a_run_before_any_work(tmp_path, monkeypatch, capsys
 
 def test_the_allocator_command_times_glibc_without_a_preloaded_malloc(found, monkeypatch):
     monkeypatch.setenv("LD_PRELOAD", f"{FAKE}:libmine.so")
+    monkeypatch.setenv(allocator.MALLOC_ENV, "auto")
     assert allocator_perf.settings() == ["glibc defaults", "freed memory kept", "tcmalloc"]
+    assert allocator_perf.settings({allocator.MALLOC_ENV: "glibc"}) == ["glibc defaults", "freed memory kept"]
     assert allocator_perf.setting_env("glibc defaults")["LD_PRELOAD"] == "libmine.so"
     assert allocator_perf.setting_env("tcmalloc")["LD_PRELOAD"].split(":")[0] == FAKE
     monkeypatch.setenv("LD_PRELOAD", FAKE)

@@ -7,7 +7,7 @@ The default suite's Reptile meta-step (reference backend; ``benchmarks.peers.off
 Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, meta-batch 5, task sampling
 included) at 1 thread, in fresh processes that take turns: one with glibc's default allocator settings
 (``REPTILE_BENCH_ALLOCATOR=default``), one with glibc keeping freed memory, and, where the system has
-tcmalloc, one preloading it, as every cell process then runs. glibc reads its thresholds once and a malloc
+tcmalloc (and ``REPTILE_BENCH_MALLOC`` is not ``glibc``), one preloading it, as every cell process then runs. glibc reads its thresholds once and a malloc
 is chosen before a process starts, so each setting needs its own process. Per round: the median
 process-CPU time per meta-iteration, the minor page faults per meta-iteration, and the ratios (kept /
 defaults, tcmalloc / kept). A setting changes where memory comes from and goes, never a computed value
@@ -26,22 +26,26 @@ import sys
 
 from benchmarks.records.mallocs import malloc_name
 from benchmarks.records.provenance import REPO_ROOT, device_name, measurement, write_json
-from benchmarks.running.allocator import ENV, MALLOC_ENV, malloc_env, preload_entries, preload_library
+from benchmarks.running.allocator import ENV, malloc_env, preload_entries, preload_library
 
 SETTINGS = {"glibc defaults": "default", "freed memory kept": ""}
 TCMALLOC = "tcmalloc"
 
 
-def settings() -> list[str]:
-    """The settings timed here: glibc's two, and tcmalloc where ``auto`` finds it."""
-    return [*SETTINGS, *([TCMALLOC] if preload_library({MALLOC_ENV: "auto"}) else [])]
+def settings(env=None) -> list[str]:
+    """The settings timed here: glibc's two, and tcmalloc where ``REPTILE_BENCH_MALLOC`` (default ``auto``) finds it.
+
+    ``REPTILE_BENCH_MALLOC=glibc`` times glibc's two alone, as on a machine without tcmalloc (the tests run so).
+    """
+    env = os.environ if env is None else env
+    return [*SETTINGS, *([TCMALLOC] if malloc_name(preload_library(env) or "") == TCMALLOC else [])]
 
 
 def setting_env(setting: str) -> dict[str, str]:
     """This process's environment for one setting: glibc's malloc (any preloaded malloc taken out of
     ``LD_PRELOAD``) with or without kept memory, or tcmalloc preloaded."""
     if setting == TCMALLOC:
-        return malloc_env({**os.environ, MALLOC_ENV: "auto"})
+        return malloc_env(os.environ)  # ``settings`` lists tcmalloc only where this environment's choice is it
     env = {**os.environ, ENV: SETTINGS[setting]}
     kept = [e for e in preload_entries(env) if not malloc_name(e)]
     env.pop("LD_PRELOAD", None)
@@ -71,8 +75,8 @@ def measure(rounds: int, iters: int, eval_tasks: int = 0) -> list[dict]:
     for r in range(rounds):
         runs = {name: one_run(name, iters) for name in names}
         # One evaluation task, where tcmalloc is timed: its minibatches of 5 make more allocations per FLOP.
-        evals = {name: one_run(name, iters, eval_tasks) for name in ("freed memory kept", TCMALLOC)
-                 if eval_tasks and name in names}
+        evals = ({name: one_run(name, iters, eval_tasks) for name in ("freed memory kept", TCMALLOC)}
+                 if eval_tasks and TCMALLOC in names else {})
         median = {name: statistics.median(v["cpu_s"]) for name, v in runs.items()}
         out.append({"median_s": median, "ratio": median["freed memory kept"] / median["glibc defaults"],
                     "minor_faults_per_iteration": {n: v["minor_faults_per_iteration"] for n, v in runs.items()},
@@ -97,7 +101,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=30, help="timed meta-iterations per process (after 5 untimed)")
     ap.add_argument("--eval-tasks", type=int, default=10,
-                    help="evaluation tasks per timed repeat where tcmalloc is timed (0: no evaluation timing)")
+                    help="evaluation tasks per timed repeat where tcmalloc is timed (0: no evaluation timing; "
+                         "without tcmalloc there is nothing to compare it with and none is timed)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.iters < 1:
