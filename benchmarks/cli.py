@@ -16,8 +16,8 @@ hash) at this git commit are skipped; an interrupted training resumes from its c
 another commit (the committed results, in a fresh clone) are run again, and the new row replaces
 the old one.
 Exit status: 0 done; 1 some training failed or diverged; 2 bad input; 3 data missing or damaged;
-5 not finished (a --max-minutes budget cut training or left trainings unstarted, or another run holds a
-training): rerun the same command to continue; 130 interrupted.
+5 not finished (a --max-minutes or --max-iterations budget cut training, a --max-minutes budget left trainings
+unstarted, or another run holds a training): rerun the same command to continue; 130 interrupted.
 """
 from __future__ import annotations
 
@@ -149,10 +149,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be >= 0 (0 = torch's default), got {args.threads}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise UsageError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
+    if args.max_iterations is not None and args.max_iterations < 1:
+        raise UsageError(f"--max-iterations must be a positive number of meta-iterations, got {args.max_iterations}")
     on_cluster = args.launcher == "submitit"
     on_slurm = on_cluster and args.cluster == "slurm"
-    if on_cluster and args.max_minutes is not None:
-        raise UsageError("--max-minutes is the local launcher's budget; on a cluster give each job --slurm-time")
+    if on_cluster and (args.max_minutes is not None or args.max_iterations is not None):
+        raise UsageError("--max-minutes and --max-iterations are the local launcher's budgets; on a cluster give "
+                         "each job --slurm-time")
     if not on_cluster and (args.no_wait or args.cluster != "slurm"):
         raise UsageError("--no-wait and --cluster go with --launcher submitit")
     # A SLURM login node need not see the GPUs its jobs will run on.
@@ -228,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
                str(out), "--wandb", args.wandb, "--command", command, "--git-json", git, "--jobs", str(jobs)]
         if deadline is not None:
             cmd += ["--deadline", repr(deadline)]
+        if args.max_iterations is not None:
+            cmd += ["--stop-iteration", str(args.max_iterations)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if slot.get("cpus"):
@@ -263,7 +268,9 @@ def run(args: argparse.Namespace) -> int:
     if ready.missing:
         print(f"skipped for missing data (--skip-missing): {', '.join(ready.missing)}")
     if cut:
-        print(f"cut short by --max-minutes {args.max_minutes} (rows say complete=False): {', '.join(cut)}; rerun to continue")
+        budget = " and ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                              (("max_minutes", args.max_minutes), ("max_iterations", args.max_iterations)) if v is not None)
+        print(f"cut short by {budget} (rows say complete=False): {', '.join(cut)}; rerun to continue")
     if not_started:
         print(f"not started within --max-minutes {args.max_minutes}: {', '.join(not_started)}; rerun to continue")
     if busy:
@@ -392,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-minutes", type=float, default=None,
                    help="time budget: running trainings are cut short, evaluated and written with complete=False; "
                         "the run then exits 5")
+    r.add_argument("--max-iterations", type=int, default=None,
+                   help="work budget: every training stops at this meta-iteration (if it plans more), is evaluated "
+                        "and written with complete=False, and the run exits 5; the same cut on any machine "
+                        "(rehearsals and tests use it where a time budget would depend on the machine's speed)")
     r.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per training (default 1: timings on shared cores are otherwise unstable; "
                         "0 = torch's default); recorded in the device column")

@@ -123,6 +123,9 @@ eval = { num_tasks = 2, query = 5, inner_steps = 1, inner_optimizer = "sgd", inn
     (["--seeds", "-1"], "--seeds needs at least one integer, each in [0, 256)"),
     (["--seeds", "0,256"], "--seeds needs at least one integer, each in [0, 256)"),
     (["--max-minutes", "0"], "--max-minutes must be a positive number"),
+    (["--max-iterations", "0"], "--max-iterations must be a positive number of meta-iterations"),
+    (["--max-iterations", "3", "--launcher", "submitit", "--cluster", "local"],
+     "--max-minutes and --max-iterations are the local launcher's budgets"),
     (["--threads", "-2"], "--threads must be >= 0"),
 ])
 def test_bad_run_options_exit_2(tmp_path, capsys, args, message):
@@ -187,12 +190,13 @@ def test_child_command_carries_budget_threads_and_provenance(tmp_path, monkeypat
 
     cmds = fake_spawn(monkeypatch)
     assert cli.main(["run", "--suite", "smoke", "--cells", "sine-maml", "--out", str(tmp_path), "--device", "cpu",
-                     "--max-minutes", "5", "--threads", "2", "--seeds", "3"]) in (0, 5)  # no row: the fake trains nothing
+                     "--max-minutes", "5", "--max-iterations", "7", "--threads", "2", "--seeds", "3"]) in (0, 5)  # no row: the fake trains nothing
     (cmd,) = cmds
     args = dict(zip(cmd[3::2], cmd[4::2]))
     (cell,) = [CellConfig.from_dict(d) for d in cells_of(cmd)]
     assert (cell.cell, cell.seed, cell.device, cell.eval.mode) == ("sine-maml", 3, "cpu", "batched")
     assert args["--threads"] == "2" and float(args["--deadline"]) > 0 and args["--out"] == str(tmp_path)
+    assert args["--stop-iteration"] == "7"
     assert set(json.loads(args["--git-json"])) == {"git_commit", "git_dirty", "code_state"}
     assert "--seeds 3" in args["--command"] and int(args["--parent-pid"]) == os.getpid()
 

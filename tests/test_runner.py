@@ -93,6 +93,18 @@ def test_budget_cut_writes_incomplete_row_then_resume_matches(tmp_path, monkeypa
     assert list(read_curves(tmp_path / "cut" / "t" / "curves.csv").iteration) == [1, 2, 3, 4, 5, 6]
 
 
+def test_an_iteration_budget_cuts_at_that_iteration_whatever_the_clock_and_resume_matches(tmp_path):
+    full = run(tiny_cell("reptile", train_query=0), tmp_path / "full")
+    cut = run(tiny_cell("reptile", train_query=0), tmp_path / "cut", stop_iteration=4)
+    assert (cut["iterations_run"], cut["complete"], cut["eval_tasks"]) == (4, False, 8)
+    again = run(tiny_cell("reptile", train_query=0), tmp_path / "cut", stop_iteration=4)  # nothing left to train
+    assert (again["iterations_run"], again["complete"], again["metric_mean"]) == (4, False, cut["metric_mean"])
+    resumed = run(tiny_cell("reptile", train_query=0), tmp_path / "cut")
+    assert (resumed["iterations_run"], resumed["complete"]) == (6, True)
+    for key in ("metric_mean", "metric_ci95", "final_train_loss"):
+        assert resumed[key] == full[key], key
+
+
 def test_checkpoint_of_another_config_is_not_reused(tmp_path):
     cell = tiny_cell()
     run(cell, tmp_path)

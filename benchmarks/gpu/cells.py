@@ -22,6 +22,10 @@ skipped; the exit status is then 1); a cell still running at W + 2.5 x tail + 10
 (or at the deadline) is killed with its process group (its checkpoint stays; no row).
 Cells run 1-shot first, then 5-shot; inside a shot count Reptile, first-order MAML, MAML.
 
+``--iterations N`` (rehearsal) replaces the time windows by a fixed amount of work: every cell trains exactly N
+meta-iterations (the CLI's ``--max-iterations``; rows say complete=False, as a cut GPU cell's do), whatever the
+machine's speed, no cell is dropped or killed, and ``--deadline`` is not needed.
+
 ``--eval-tasks N`` (rehearsal) writes a copy of the suite with every ``num_tasks`` set to N (the
 learning-curve sizes shrunk to fit, curve points and checkpoints every 2 iterations) under
 ``--out``'s parent and runs that copy instead; the suite keeps its name, so rows still go to
@@ -154,8 +158,8 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_cell(cmd: list[str], hard_s: float) -> int:
-    """Run ``cmd`` in its own process group; kill the group after ``hard_s`` seconds, or when this
+def run_cell(cmd: list[str], hard_s: float | None) -> int:
+    """Run ``cmd`` in its own process group; kill the group after ``hard_s`` seconds (None: never), or when this
     process is terminated (the script's own `timeout`): a cell never outlives its scheduler."""
     proc = subprocess.Popen(cmd, start_new_session=True)
 
@@ -165,7 +169,7 @@ def run_cell(cmd: list[str], hard_s: float) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        return proc.wait(timeout=max(1.0, hard_s))
+        return proc.wait(timeout=None if hard_s is None else max(1.0, hard_s))
     except subprocess.TimeoutExpired:
         print(f"gpu.cells: hard limit {hard_s:.0f} s reached, killing {shlex.join(cmd[-8:])}", file=sys.stderr)
         kill_group(proc)
@@ -179,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", required=True, help="suite name or .toml path")
     ap.add_argument("--out", required=True, help="results folder passed to the CLI (rows in OUT/<suite>/rows.csv)")
     ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
-    ap.add_argument("--deadline", type=float, required=True, help="Unix time by which every cell must be done")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="Unix time by which every cell must be done (required unless --iterations)")
+    ap.add_argument("--iterations", type=int, default=None,
+                    help="rehearsal: train every cell exactly this many meta-iterations (fixed work, no time windows)")
     ap.add_argument("--tail", default="reptile=45,fomaml=12,maml=12",
                     help="first estimate, in seconds, of each algorithm's time after training (evaluation etc.)")
     ap.add_argument("--min-window", type=float, default=15.0, help="do not start a cell with a smaller training window (s)")
@@ -188,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wandb", default="disabled", choices=["offline", "online", "disabled"])
     ap.add_argument("--log", default=None, help="append the schedule (one line per cell) to this file")
     args = ap.parse_args(argv)
+    if (args.deadline is None) == (args.iterations is None):
+        ap.error("give either --deadline (time windows: the GPU run) or --iterations (fixed work: the rehearsal)")
+    if args.iterations is not None and args.iterations < 1:
+        ap.error(f"--iterations must be >= 1, got {args.iterations}")
     try:
         tail = parse_tail(args.tail)
         suite = str(rehearsal_suite(args.suite, args.eval_tasks, Path(args.out).parent / "suite")) \
@@ -211,24 +222,30 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.log, "a") as f:
                 f.write(line + "\n")
 
-    log(f"{len(cells)} cells, {args.deadline - time.time():.0f} s left; first tail estimates (s): {json.dumps(est)}")
+    fixed = args.iterations is not None
+    log(f"{len(cells)} cells, " + (f"{args.iterations} meta-iterations each (fixed work)" if fixed else
+                                   f"{args.deadline - time.time():.0f} s left; first tail estimates (s): {json.dumps(est)}"))
     dropped: set[str] = set()
     for i, cell in enumerate(cells):
         alg = cell.learner.algorithm
-        remaining = args.deadline - time.time()
-        planned = [c for c in cells[i:] if c.cell not in dropped]
-        window, newly = plan(remaining, planned, est, args.min_window)
-        dropped |= newly
-        if newly:
-            log(f"not enough time for every pending cell ({remaining:.0f} s left): dropped {', '.join(sorted(newly))}")
-        if cell.cell in dropped:
-            log(f"{cell.cell}: skipped (no time left for it; {remaining:.0f} s left)")
-            failed += 1
-            continue
-        hard = min(remaining, window + 2.5 * est[alg] + 10)
         cmd = [sys.executable, "-m", "benchmarks.cli", "run", "--suite", suite, "--cells", exact(cell.cell),
-               "--out", args.out, "--device", args.device, "--wandb", args.wandb,
-               "--max-minutes", f"{window / 60:.4f}"]
+               "--out", args.out, "--device", args.device, "--wandb", args.wandb]
+        if fixed:
+            window, hard = 0.0, None
+            cmd += ["--max-iterations", str(args.iterations)]
+        else:
+            remaining = args.deadline - time.time()
+            planned = [c for c in cells[i:] if c.cell not in dropped]
+            window, newly = plan(remaining, planned, est, args.min_window)
+            dropped |= newly
+            if newly:
+                log(f"not enough time for every pending cell ({remaining:.0f} s left): dropped {', '.join(sorted(newly))}")
+            if cell.cell in dropped:
+                log(f"{cell.cell}: skipped (no time left for it; {remaining:.0f} s left)")
+                failed += 1
+                continue
+            hard = min(remaining, window + 2.5 * est[alg] + 10)
+            cmd += ["--max-minutes", f"{window / 60:.4f}"]
         started = time.time()
         rc = run_cell(cmd, hard)
         wall = time.time() - started
@@ -241,13 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             cut = r["complete"] != True  # noqa: E712 (object column)
             measured = max(0.0, wall - window) if cut else float(r["eval_time_s"] or 0) + 3.0
             est[alg] = 1.25 * measured + 2.0
-            log(f"{cell.cell}: window {window:.0f} s, wall {wall:.0f} s, tail {measured:.0f} s, "
+            timing = f"wall {wall:.0f} s" if fixed else f"window {window:.0f} s, wall {wall:.0f} s, tail {measured:.0f} s"
+            log(f"{cell.cell}: {timing}, "
                 f"{int(r['iterations_run'])}/{int(r['meta_iterations'])} iterations, complete={not cut}, "
                 f"{r['metric']} {r['metric_mean']:.2f} +- {r['metric_ci95']:.2f}"
                 + ("" if rc in (0, EXIT_INCOMPLETE) else f" (row written, but the process was stopped at exit: status {rc})"))
         else:
             failed += 1
-            log(f"{cell.cell}: FAILED (exit {rc}, wall {wall:.0f} s, window {window:.0f} s, hard limit {hard:.0f} s)")
+            log(f"{cell.cell}: FAILED (exit {rc}, wall {wall:.0f} s" + (")" if fixed else
+                                                                       f", window {window:.0f} s, hard limit {hard:.0f} s)"))
     return 1 if failed else 0
 
 

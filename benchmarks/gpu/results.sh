@@ -8,6 +8,9 @@
 #       each given a fair share of the time left by benchmarks/gpu/cells.py, cut short by --max-minutes),
 #   (d) bundle everything into <= 8 flat files under $OUT (benchmarks/gpu/bundle.py) and print a table,
 # inside a HARD budget: BUDGET_S seconds (default 540 = 9 min) from the start, the bundle included.
+# The rehearsal (--rehearse, on CPU) runs the same steps on a FIXED amount of work instead (a few cells,
+# tasks and PAPER_ITERS meta-iterations per paper cell, no step killed by a clock), so a slow or busy
+# machine rehearses exactly what a fast one does: budgets are for the GPU run only.
 #
 # THE WHOLE PROCEDURE
 #   1. Here, before the call (needs the network once, for the `higher` wheel):
@@ -23,17 +26,18 @@
 #      -> results/h100/{rows.csv,curves.csv,limits.json,provenance.txt,log.txt},
 #         results/perf/h100-benchmarks.json, results/eval/throughput_h100.json, then
 #         `python -m benchmarks.cli tables` and `python -m benchmarks.reporting.readme` regenerate the
-#         tables, plots and README section.
+#         tables, plots and the generated blocks of README.md and docs/.
 #
 # Usage: bash benchmarks/gpu/results.sh [--rehearse] [--dry-run] [--prepare]
 #   (no flag)    GPU run: CUDA must be visible (fails fast otherwise), budget 540 s.
-#   --rehearse   (or REHEARSE=1) the same steps on CPU, budget 160 s, tiny selections (make gpu-rehearsal).
+#   --rehearse   (or REHEARSE=1) the same steps on CPU, a fixed amount of work, no time limits (make gpu-rehearsal).
 #   --dry-run    (or DRY_RUN=1) print each step's command and limit, run nothing.
 #   --prepare    step 1 above (make gpu-prepare).
 # Environment (optional): OUT (default: a new /tmp folder; must be empty), PYTHON (default python3),
 #   BUDGET_S, RESERVE_S (kept for the bundle), STEPS (subset of "scaling micro eval paper"),
 #   SCALING_CELLS, SCALING_MAX_S, MICRO_MAX_S, EVAL_MAX_S, EVAL_ARGS, PERF_SELECT (pytest -k), LIMITS_ARGS, PAPER_CELLS,
-#   EVAL_TASKS (rehearsal: evaluation tasks per paper cell), TAIL, MIN_WINDOW (see benchmarks/gpu/cells.py),
+#   EVAL_TASKS, PAPER_ITERS (rehearsal: evaluation tasks and meta-iterations per paper cell),
+#   TAIL, MIN_WINDOW (GPU run: see benchmarks/gpu/cells.py),
 #   GPU_WORK (scratch folder), OMNIGLOT_ROOT (default .gpu-data/omniglot when present).
 # What runs on the device: python3 (3.12, torch with CUDA, no higher, no wandb, no network) from the
 # repository root; `higher` is installed from .whl into /tmp/site; the project runs from the tree
@@ -117,10 +121,11 @@ if [[ $MODE == prepare ]]; then prepare; exit 0; fi
 START=$(date +%s)
 if [[ $MODE == rehearse ]]; then
   DEVICE=cpu
+  # Fixed work: the limits below are only reported, never enforced (see `step`).
   : "${BUDGET_S:=160}" "${RESERVE_S:=15}" "${SCALING_MAX_S:=35}" "${MICRO_MAX_S:=70}" "${MIN_WINDOW:=4}"
   : "${EVAL_MAX_S:=25}" "${EVAL_ARGS=--tasks 4 --repeats 1}"
   : "${SCALING_CELLS=scaling-*-k1}" "${PERF_SELECT=sampling or reptile}" "${LIMITS_ARGS=--repeats 1 --only reptile --compile}"
-  : "${EVAL_TASKS=10}" "${TAIL:=reptile=8,fomaml=5,maml=5}" "${PAPER_CELLS=5w1s}"
+  : "${EVAL_TASKS=10}" "${PAPER_ITERS:=4}" "${TAIL:=reptile=8,fomaml=5,maml=5}" "${PAPER_CELLS=5w1s}"
 else
   DEVICE=cuda
   # Budget split (s): setup + data ~15, scaling <= 120, micro-benchmarks <= 110 (torch.compile's trial
@@ -131,7 +136,7 @@ else
   : "${BUDGET_S:=540}" "${RESERVE_S:=30}" "${SCALING_MAX_S:=120}" "${MICRO_MAX_S:=110}" "${MIN_WINDOW:=10}"
   : "${EVAL_MAX_S:=50}" "${EVAL_ARGS=--tasks 40 --repeats 2}"
   : "${SCALING_CELLS=}" "${PERF_SELECT=}" "${LIMITS_ARGS=--repeats 15 --compile}" "${EVAL_TASKS=}" "${TAIL:=reptile=45,fomaml=12,maml=12}"
-  : "${PAPER_CELLS=}"
+  : "${PAPER_CELLS=}" "${PAPER_ITERS=}"
 fi
 : "${STEPS:=scaling micro eval paper}"
 DEADLINE=$((START + BUDGET_S))
@@ -171,7 +176,8 @@ note() { echo "note: $*"; if [[ $DRY != 1 ]]; then echo "note: $*" >> "$WORK/pro
 left() { echo $((DEADLINE - RESERVE_S - $(date +%s))); }
 wants() { [[ " $STEPS " == *" $1 "* ]]; }
 
-# step NAME CAP_S CMD...: run CMD under `timeout` with min(CAP_S, time left before the bundle reserve).
+# step NAME CAP_S CMD...: run CMD under `timeout` with min(CAP_S, time left before the bundle reserve); in the
+# rehearsal the work is fixed and CMD runs to its end whatever the clock says.
 # A failing step is recorded and the script goes on: the other steps' numbers are still worth bringing back.
 step() {
   local name=$1 cap=$2; shift 2
@@ -181,16 +187,21 @@ step() {
     printf '[dry-run] %-9s limit <= %4s s: %s\n' "$name" "$cap" "${*@Q}"
     return 0
   fi
-  if ((limit < 5)); then
+  t0=$(date +%s)
+  if [[ $MODE == rehearse ]]; then
+    echo "== $name (fixed work, no time limit): $*"
+    "$@" || rc=$?
+  elif ((limit < 5)); then
     echo "== $name: SKIPPED, ${l} s left before the bundle" | tee -a "$WORK/steps.txt"
     return 0
+  else
+    echo "== $name: limit ${limit} s ($((DEADLINE - $(date +%s))) s of the budget left): $*"
+    timeout -k 10 "$limit" "$@" || rc=$?
   fi
-  echo "== $name: limit ${limit} s ($((DEADLINE - $(date +%s))) s of the budget left): $*"
-  t0=$(date +%s)
-  timeout -k 10 "$limit" "$@" || rc=$?
   # 5: the CLI's "not finished" (a --max-minutes budget cut it): expected here, the rows say complete=False.
   if ((rc && rc != 5)); then FAILED="$FAILED $name"; fi
-  echo "$name: exit $rc after $(($(date +%s) - t0)) s (limit ${limit} s)" | tee -a "$WORK/steps.txt"
+  echo "$name: exit $rc after $(($(date +%s) - t0)) s ($([[ $MODE == rehearse ]] && echo "fixed work" || echo "limit ${limit} s"))" \
+    | tee -a "$WORK/steps.txt"
 }
 
 finish() {
@@ -201,8 +212,9 @@ finish() {
     echo; echo "== paper-protocol schedule (benchmarks/gpu/cells.py) =="; cat "$WORK/schedule.txt" 2>/dev/null || echo "(did not run)"
     echo; echo "total wall time before the bundle: $(($(date +%s) - START)) s of BUDGET_S=$BUDGET_S"
   } >> "$WORK/provenance.txt"
-  local brc=0
-  timeout -k 5 $((RESERVE_S + 15)) "$PY" -m benchmarks.gpu.bundle bundle --work "$WORK" --out "$OUT" || brc=$?
+  local brc=0 limit=()
+  if [[ $MODE != rehearse ]]; then limit=(timeout -k 5 $((RESERVE_S + 15))); fi
+  "${limit[@]}" "$PY" -m benchmarks.gpu.bundle bundle --work "$WORK" --out "$OUT" || brc=$?
   echo "results.sh: $MODE run done in $(($(date +%s) - START)) s; files in OUT=$OUT"
   if [[ -n $FAILED ]]; then echo "steps that failed or ran out of time:$FAILED (see log.txt)"; fi
   if ((rc == 0 && brc == 0)) && [[ -n $FAILED ]]; then rc=1; fi
@@ -278,9 +290,10 @@ fi
 if wants scaling; then
   l=$(left); cap=$((SCALING_MAX_S < l ? SCALING_MAX_S : l))
   # --max-minutes lets the CLI stop cleanly (cells not started are listed) 15 s before `timeout` would kill it.
-  mm=$("$PY" -c "print(max(0.05, ($cap - 15) / 60))" 2>/dev/null || echo 1)
+  mm=()
+  if [[ $MODE == gpu ]]; then mm=(--max-minutes "$("$PY" -c "print(max(0.05, ($cap - 15) / 60))" 2>/dev/null || echo 1)"); fi
   step scaling "$cap" "$PY" -m benchmarks.cli run --suite scaling --device "$DEVICE" --out "$WORK/results" \
-    --wandb disabled --max-minutes "$mm" ${SCALING_CELLS:+--cells "$SCALING_CELLS"}
+    --wandb disabled "${mm[@]}" ${SCALING_CELLS:+--cells "$SCALING_CELLS"}
 fi
 
 # ------------------------------------------------------------------------------- (b) micro-benchmarks
@@ -310,10 +323,12 @@ fi
 
 # ------------------------------------------------------------------ (c) paper protocol, Omniglot small
 if wants paper; then
+  # The GPU run shares the time left fairly between the cells; the rehearsal trains each PAPER_ITERS iterations.
+  if [[ $MODE == rehearse ]]; then work=(--iterations "$PAPER_ITERS")
+  else work=(--deadline "$((DEADLINE - RESERVE_S - 5))" --tail "$TAIL" --min-window "$MIN_WINDOW"); fi
   step paper "$(left)" "$PY" -m benchmarks.gpu.cells --suite gpu-omniglot-small --out "$WORK/results" \
-    --device "$DEVICE" --deadline "$((DEADLINE - RESERVE_S - 5))" --tail "$TAIL" --min-window "$MIN_WINDOW" \
-    --wandb disabled --log "$WORK/schedule.txt" ${EVAL_TASKS:+--eval-tasks "$EVAL_TASKS"} \
-    ${PAPER_CELLS:+--cells "$PAPER_CELLS"}
+    --device "$DEVICE" "${work[@]}" --wandb disabled --log "$WORK/schedule.txt" \
+    ${EVAL_TASKS:+--eval-tasks "$EVAL_TASKS"} ${PAPER_CELLS:+--cells "$PAPER_CELLS"}
 fi
 
 if [[ $DRY == 1 ]]; then

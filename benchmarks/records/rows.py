@@ -17,7 +17,7 @@ again, see ``completed_hashes``).
 Column meanings that are not obvious from the name (see COLUMNS for the order):
 - ``first_order``: the outer update uses no second derivatives (Reptile, first-order MAML).
 - ``inner_steps`` / ``eval_inner_steps``: inner-loop steps in meta-training / fine-tuning steps at evaluation.
-- ``complete``: False when a ``--max-minutes`` budget stopped training before ``meta_iterations``;
+- ``complete``: False when a budget (``--max-minutes``, ``--max-iterations``) stopped training before ``meta_iterations``;
   ``iterations_run`` then says how far it got (the row is still evaluated).
 - ``final_train_loss``: mean training loss (``meta_step``'s ``loss``) over the last tenth of the meta-steps run.
 - ``metric``: ``accuracy`` (percent, 0..100) or ``mse`` (sine); ``metric_ci95`` = 1.96 * sample std / sqrt(n)

@@ -55,7 +55,8 @@ class CellConfig:
     meta_batch: int = 5
     """Tasks per outer update."""
     meta_iterations: int = 100
-    """Planned outer updates (a ``--max-minutes`` budget may stop earlier; the row then says ``complete=False``)."""
+    """Planned outer updates (a ``--max-minutes`` or ``--max-iterations`` budget may stop earlier; the row then says
+    ``complete=False``)."""
     learner: MetaConfig = field(default_factory=MetaConfig)
     """How the meta-learner trains (algorithm, backend, inner loop, outer step)."""
     eval: EvalConfig = field(default_factory=EvalConfig)

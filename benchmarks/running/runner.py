@@ -10,7 +10,8 @@ training), per-task scores and wandb run; rows name the training (``training_key
 
 Resuming: a checkpoint ``<out>/<suite>/checkpoints/<training key>.pt`` is written atomically every
 ``checkpoint_every`` iterations (the smallest of the cells'), at the end of training and when a
-``--deadline`` cuts training short (see ``checkpoints``). Training batch ``it`` is
+budget (``--deadline``, a Unix time, or ``--stop-iteration``, a meta-iteration) cuts training short (see
+``checkpoints``). Training batch ``it`` is
 ``pool.sample_batch(..., seed=cell.seed, indices=range(it * meta_batch, (it + 1) * meta_batch))``, a pure
 function of (seed, iteration), so a resumed run computes exactly what an uninterrupted one does. A
 finished training's checkpoint lets cells whose rows are missing be evaluated without retraining.
@@ -119,12 +120,14 @@ def check_divergence(loss: float, state: dict[str, Any], cell: CellConfig, itera
 
 def run_training(cells: list[CellConfig], out: Path, deadline: float | None = None, wandb: str = "offline",
                  command: str = "", git: dict[str, Any] | None = None, jobs: int = 1,
-                 ranks: "distributed.Ranks | None" = None) -> list[dict[str, Any]]:
+                 ranks: "distributed.Ranks | None" = None, stop_iteration: int | None = None) -> list[dict[str, Any]]:
     """Train once (resuming), evaluate every cell of ``cells`` (one shared training); write and return their rows.
 
     ``git``: ``provenance.git_state`` read once by the caller when the whole run started (read now when None).
     ``ranks``: this process's place in a data-parallel training (``distributed``); rank 0 alone locks,
     checkpoints, evaluates and writes rows (the others return []).
+    ``deadline`` (a Unix time) and ``stop_iteration`` (a meta-iteration) are budgets: training stops at the first
+    one reached, and the rows say ``complete=False`` (a fixed amount of work, for rehearsals and tests, is the latter).
     Raises DivergedError (training), or, after writing every other row, the first evaluation's DivergedError.
     """
     trainings = group([c.validate() for c in cells])
@@ -137,13 +140,13 @@ def run_training(cells: list[CellConfig], out: Path, deadline: float | None = No
     if ranks is not None:
         distributed.check_splittable(training.first, ranks.world)
         if not ranks.leader:
-            return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks)
+            return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks, stop_iteration)
     with checkpoints.lock(ckpt.with_suffix(".lock"), f"training {training.name}"):
-        return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks)
+        return _run_locked(training, out, ckpt, deadline, wandb, command, git, jobs, ranks, stop_iteration)
 
 
 def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, command, git, jobs,
-                ranks=None) -> list[dict[str, Any]]:
+                ranks=None, stop_iteration=None) -> list[dict[str, Any]]:
     started = time.perf_counter()
     first = training.first
     git = git if git is not None else provenance.git_state(exclude=out)
@@ -198,7 +201,7 @@ def _run_locked(training: Training, out: Path, ckpt: Path, deadline, wandb, comm
     bar = tqdm(total=first.meta_iterations, initial=learner.iteration, desc=training.name, unit="it",
                leave=False, position=1, disable=quiet())
     while learner.iteration < first.meta_iterations:
-        stop = past_deadline(deadline)
+        stop = past_deadline(deadline) or (stop_iteration is not None and learner.iteration >= stop_iteration)
         if ranks is not None:
             stop = distributed.agree_to_stop(stop, device)
         if stop:
@@ -288,9 +291,9 @@ def load_checkpoint(path: Path, cell: CellConfig, code_state: str, device: str) 
 
 
 def run_cell(cell: CellConfig, out: Path, deadline: float | None = None, wandb: str = "offline",
-             command: str = "", git: dict[str, Any] | None = None) -> dict[str, Any]:
+             command: str = "", git: dict[str, Any] | None = None, stop_iteration: int | None = None) -> dict[str, Any]:
     """One cell alone (a training of its own): ``run_training([cell], ...)``'s row."""
-    return run_training([cell], out, deadline, wandb, command, git)[0]
+    return run_training([cell], out, deadline, wandb, command, git, stop_iteration=stop_iteration)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells-json", required=True, help="JSON list of the cells' CellConfig (one shared training)")
     parser.add_argument("--out", default="results", help="results folder (rows go to OUT/<suite>/rows.csv)")
     parser.add_argument("--deadline", type=float, default=None, help="stop training at this Unix time (budget)")
+    parser.add_argument("--stop-iteration", type=int, default=None,
+                        help="stop training at this meta-iteration (budget in work, not time)")
     parser.add_argument("--wandb", default="offline", choices=["offline", "online", "disabled"])
     parser.add_argument("--command", default="", help="the user's command line, recorded in the row")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -339,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     names = ", ".join(f"{c.suite}/{c.cell}" for c in cells)
     try:
         run_training(cells, Path(args.out), args.deadline, args.wandb, args.command or provenance.command_line(), git,
-                     args.jobs, ranks)
+                     args.jobs, ranks, args.stop_iteration)
         if ranks is not None:
             torch.distributed.barrier()  # the other ranks wait for rank 0's evaluations and rows
     except DataError as e:
