@@ -2,7 +2,7 @@
 
 - ``records``: the tidy result files (rows, per-task scores, curves) and where each row came from.
 - ``running``: suites (TOML data in ``suites/``) -> cells -> shared trainings -> cell processes -> rows.
-- ``reporting``: tables, plots and the README section, pure functions of the rows.
+- ``reporting``: tables, plots and the generated blocks of README.md and docs/, pure functions of the rows.
 - ``perf``: performance measurement (limit benchmark, evaluation throughput, torch.func contenders).
 - ``gpu``: the one prepared GPU script and its helpers.
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.perf import limits
-from benchmarks.reporting.readme import limits_lines
+from benchmarks.reporting.perf_tables import limits_lines
 
 
 @pytest.mark.parametrize("threads, clock, skip_memory", [(1, "thread CPU time", []), (2, "wall time", ["--no-memory"])])

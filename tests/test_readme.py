@@ -1,6 +1,6 @@
-"""README results section: replaced between the markers, idempotent, --check, clear errors.
+"""The generated blocks of README.md and docs/*.md: replaced between their markers, idempotent, --check, clear errors.
 
-Run: .venv/bin/python -m pytest -q tests/test_readme.py   (uses a temporary README, never the real one)
+Run: .venv/bin/python -m pytest -q tests/test_readme.py   (uses a temporary README and docs, never the real ones)
 """
 from __future__ import annotations
 
@@ -22,13 +22,27 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
+def stale(block: str) -> str:
+    start, end = readme.markers(block)
+    return f"{BEFORE}{start}\nstale text\n{end}{AFTER}"
+
+
+def section(path, block: str) -> str:
+    start, end = readme.markers(block)
+    text = path.read_text()
+    assert text.startswith(BEFORE + start) and text.endswith(end + AFTER)
+    return text.split(start)[1].split(end)[0]
+
+
 @pytest.fixture
 def project(tmp_path):
+    """A root with README.md and docs/{performance,peers}.md (stale blocks) and a results folder."""
     res = tmp_path / "results"
     write_suite(res, "default", [fake_row(cell="omni-reptile", split="small", metric_mean=91.5, metric_ci95=0.8)])
     tables.main(res, published=REPO / "results" / "reference" / "published.csv")
     (res / "plots").mkdir()
     (res / "plots" / "scaling-cpu-x.png").write_bytes(b"png")
+    (res / "plots" / readme.FRONT_PLOT).write_bytes(b"png")
     (res / "perf").mkdir()
     # Shape of pytest-benchmark's --benchmark-json output (only the fields readme.py reads; invented timings).
     (res / "perf" / "cpu.json").write_text(json.dumps({
@@ -37,57 +51,68 @@ def project(tmp_path):
                         "extra_info": {}},
                        {"name": "test_meta_step_gpu", "stats": {"median": 2.5e-5, "iqr": 1e-6, "rounds": 100},
                         "extra_info": {"device": "cuda: Test GPU"}}]}))
-    path = tmp_path / "README.md"
-    path.write_text(f"{BEFORE}{readme.START}\nstale text\n{readme.END}{AFTER}")
-    return path, res
+    (tmp_path / "docs").mkdir()
+    for name, block in readme.DOCUMENTS.items():
+        (tmp_path / name).write_text(stale(block))
+    return tmp_path, res
 
 
-def test_section_replaced_idempotently(project):
-    path, res = project
-    assert readme.update(path, res) is False  # it changed
-    text = path.read_text()
-    assert text.startswith(BEFORE + readme.START) and text.endswith(readme.END + AFTER)
-    assert "stale text" not in text
-    section = text.split(readme.START)[1].split(readme.END)[0]
-    assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot non-transductive | accuracy % | 91.50 ± 0.80 |" in section
-    assert "[results/tables/paper_tables.md](results/tables/paper_tables.md)" in section
+def test_blocks_replaced_idempotently(project):
+    root, res = project
+    assert readme.update_all(root, res) == [root / name for name in readme.DOCUMENTS]  # all three changed
+    front = section(root / "README.md", "results")
+    assert "stale text" not in front
+    assert "| omni-reptile | reptile | reference | omniglot/small 5-way 1-shot non-transductive | accuracy % | 91.50 ± 0.80 |" in front
+    assert "[results/tables/paper_tables.md](results/tables/paper_tables.md)" in front
     # The measured comparison (gradient order / memory / time / accuracy) is embedded, legend included.
     # (the fixture has no scaling rows, so the embedded section says so instead of showing a table)
-    assert "#### Gradient order, memory and time per meta-step" in section and "_no scaling-sweep rows" in section
-    assert "Growth per inner step: slope" in section and "## Sine regression" not in section
-    assert "[results/plots/scaling-cpu-x.png](results/plots/scaling-cpu-x.png)" in section
-    assert "| test_meta_step[maml] | 12.3 ms | 400 µs | 7 | cpu: Test CPU 3000 | bbbbbbbbbbbb |" in section
-    assert "| test_meta_step_gpu | 25.0 µs | 1.00 µs | 100 | cuda: Test GPU |" in section
-    assert readme.update(path, res) is True and path.read_text() == text  # second run: nothing to do
+    assert "#### Gradient order, memory and time per meta-step" in front and "_no scaling-sweep rows" in front
+    assert "Growth per inner step: slope" in front and "## Sine regression" not in front
+    assert "[results/plots/scaling-cpu-x.png](results/plots/scaling-cpu-x.png)" in front
+    assert f"![Periodic evaluation during training, default suite](results/plots/{readme.FRONT_PLOT})" in front
+    assert "test_meta_step" not in front  # the performance tables live on their own page
+    perf = section(root / "docs" / "performance.md", "performance")
+    # Links are relative to the page that holds them.
+    assert "[../results/perf/cpu.json](../results/perf/cpu.json)" in perf
+    assert "| test_meta_step[maml] | 12.3 ms | 400 µs | 7 | cpu: Test CPU 3000 | bbbbbbbbbbbb |" in perf
+    assert "| test_meta_step_gpu | 25.0 µs | 1.00 µs | 100 | cuda: Test GPU |" in perf
+    assert "No peer results yet" in section(root / "docs" / "peers.md", "peers")
+    texts = {name: (root / name).read_text() for name in readme.DOCUMENTS}
+    assert readme.update_all(root, res) == []  # second run: nothing to do
+    assert {name: (root / name).read_text() for name in readme.DOCUMENTS} == texts
 
 
 def test_check_flag_reports_out_of_date_without_writing(project):
-    path, res = project
-    stale = path.read_text()
-    proc = run_cli("--readme", str(path), "--results-dir", str(res), "--check")
-    assert proc.returncode == 1 and "out of date" in proc.stderr
-    assert path.read_text() == stale
-    assert run_cli("--readme", str(path), "--results-dir", str(res)).returncode == 0
-    assert run_cli("--readme", str(path), "--results-dir", str(res), "--check").returncode == 0
+    root, res = project
+    before = {name: (root / name).read_text() for name in readme.DOCUMENTS}
+    proc = run_cli("--root", str(root), "--results-dir", str(res), "--check")
+    assert proc.returncode == 1 and "out of date" in proc.stderr and "docs/peers.md" in proc.stderr
+    assert {name: (root / name).read_text() for name in readme.DOCUMENTS} == before
+    assert run_cli("--root", str(root), "--results-dir", str(res)).returncode == 0
+    assert run_cli("--root", str(root), "--results-dir", str(res), "--check").returncode == 0
 
 
-def test_missing_markers_fail_clearly(project):
-    path, res = project
-    path.write_text(BEFORE + AFTER)
-    proc = run_cli("--readme", str(path), "--results-dir", str(res))
-    assert proc.returncode == 2 and readme.START in proc.stderr
-    assert path.read_text() == BEFORE + AFTER
+def test_missing_markers_fail_clearly_and_no_document_is_written(project):
+    root, res = project
+    (root / "docs" / "peers.md").write_text(BEFORE + AFTER)
+    proc = run_cli("--root", str(root), "--results-dir", str(res))
+    assert proc.returncode == 2 and readme.markers("peers")[0] in proc.stderr and "peers.md" in proc.stderr
+    assert (root / "docs" / "peers.md").read_text() == BEFORE + AFTER
+    assert (root / "README.md").read_text() == stale("results")  # rendered, but not written: one failed
+    (root / "docs" / "peers.md").unlink()
+    proc = run_cli("--root", str(root), "--results-dir", str(res))
+    assert proc.returncode == 2 and "no " in proc.stderr and "pass --root" in proc.stderr
 
 
 @pytest.mark.parametrize("broken", ["peers/official_reptile.json", "backends/correctness.json"])
 def test_a_broken_results_json_is_named_and_the_readme_is_left_alone(project, broken):
-    path, res = project
-    before = path.read_text()
+    root, res = project
+    before = {name: (root / name).read_text() for name in readme.DOCUMENTS}
     (res / broken).parent.mkdir(parents=True, exist_ok=True)
     (res / broken).write_text('{"median_s": ')  # cut short
-    proc = run_cli("--readme", str(path), "--results-dir", str(res))
+    proc = run_cli("--root", str(root), "--results-dir", str(res))
     assert proc.returncode == 2 and f"{broken} is not readable JSON" in proc.stderr and "regenerate it" in proc.stderr
-    assert path.read_text() == before
+    assert {name: (root / name).read_text() for name in readme.DOCUMENTS} == before
 
 
 def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
@@ -99,7 +124,7 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
         "floor (loop)": {"median": 0.100, "min": 0.09}, "floor (batched)": {"median": 0.1, "min": 0.09}}},
         "memory": {"5": {"reference": 40 * 2**20, "batched": 10 * 2**20, "batched-unrolled": 40 * 2**20}}}
     (results / "limits" / "cpu.json").write_text(json.dumps(report))
-    from benchmarks.reporting.readme import limits_lines
+    from benchmarks.reporting.perf_tables import limits_lines
 
     lines = limits_lines(results / "limits", tmp_path / "README.md")
     text = "\n".join(lines)
@@ -127,6 +152,6 @@ def test_limits_table_names_device_and_ratio_to_floor(tmp_path):
 
 
 def test_durations_keep_three_significant_digits():
-    from benchmarks.reporting.readme import _duration
+    from benchmarks.reporting.perf_tables import duration
 
-    assert [_duration(s) for s in (1.0023, 0.99999, 0.1523, 4e-4, 2e-9)] == ["1.00 s", "1.00 s", "152 ms", "400 µs", "2.00 ns"]
+    assert [duration(s) for s in (1.0023, 0.99999, 0.1523, 4e-4, 2e-9)] == ["1.00 s", "1.00 s", "152 ms", "400 µs", "2.00 ns"]

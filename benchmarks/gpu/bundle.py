@@ -18,7 +18,8 @@ row: algorithm, cell, iterations_run, complete, metric ± 95% CI, peak memory, m
 ``import`` copies a bundle into this checkout: ``results/<card>/`` gets rows.csv, curves.csv,
 limits.json, provenance.txt and log.txt; ``results/perf/<card>-benchmarks.json`` the
 pytest-benchmark JSON; ``results/eval/throughput_<card>.json`` the evaluation throughput; then it
-regenerates the tables and plots (``python -m benchmarks.cli tables``) and the README section (``python -m benchmarks.reporting.readme``). It refuses rows of another
+regenerates the tables and plots (``python -m benchmarks.cli tables``) and the README's and docs pages' generated blocks
+(``python -m benchmarks.reporting.readme``). It refuses rows of another
 schema, and an existing ``results/<card>/`` unless ``--force``.
 """
 from __future__ import annotations
@@ -156,7 +157,7 @@ def check_out(out: Path) -> list[str]:
     return problems
 
 
-def import_bundle(files: Path, card: str, results: Path, force: bool, readme: Path = REPO / "README.md") -> int:
+def import_bundle(files: Path, card: str, results: Path, force: bool, root: Path = REPO) -> int:
     if not SAFE.match(card) or card in ("reference", "tables", "plots", "perf"):
         raise ValueError(f"--card {card!r}: use a short name such as h100 or h200 (letters, digits, . _ -)")
     if not (files / "rows.csv").is_file():
@@ -180,7 +181,7 @@ def import_bundle(files: Path, card: str, results: Path, force: bool, readme: Pa
             print(f"copied {files / name} -> {target}")
     print(table(rows))
     for cmd in ([sys.executable, "-m", "benchmarks.cli", "tables", "--results", str(results)],
-                [sys.executable, "-m", "benchmarks.reporting.readme", "--readme", str(readme), "--results-dir", str(results)]):
+                [sys.executable, "-m", "benchmarks.reporting.readme", "--root", str(root), "--results-dir", str(results)]):
         print("$", " ".join(cmd))
         rc = subprocess.run(cmd, cwd=REPO).returncode
         if rc:
@@ -197,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     t = sub.add_parser("table", help="print the short table of a rows.csv")
     t.add_argument("rows")
-    i = sub.add_parser("import", help="copy a bundle to results/<card>/ and regenerate tables, plots, README")
+    i = sub.add_parser("import", help="copy a bundle to results/<card>/ and regenerate tables, plots, README and docs")
     i.add_argument("--files", required=True, help="folder holding the bundle (the device call's files_at)")
     i.add_argument("--card", required=True, help="short card name: h100, h200, ...")
     i.add_argument("--results", default=str(REPO / "results"))
     i.add_argument("--force", action="store_true", help="replace an existing results/<card>/")
-    i.add_argument("--readme", default=str(REPO / "README.md"), help="README whose results section is regenerated")
+    i.add_argument("--root", default=str(REPO), help="folder of the README and docs/ whose generated blocks are regenerated")
     args = ap.parse_args(argv)
     try:
         if args.command == "bundle":
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "table":
             print(table(read_rows(args.rows)))
             return 0
-        return import_bundle(Path(args.files), args.card, Path(args.results), args.force, Path(args.readme))
+        return import_bundle(Path(args.files), args.card, Path(args.results), args.force, Path(args.root))
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,12 +10,12 @@ For every training of the suite's Reptile cells on Omniglot (in the default suit
 images this project's evaluator draws from the test part) with its ``Reptile.evaluate``, with the cell's
 fine-tuning steps and minibatch size (``official_reptile_driver.py --accuracy``). What stays the official
 code's own: its weight initialisation and training-task draws, each task's label order and fine-tuning
-minibatches, and its fine-tuning starting from the training Adam's moments (README: protocol details).
+minibatches, and its fine-tuning starting from the training Adam's moments (docs/protocol.md).
 
 One row per cell and seed goes to ``results/peer-official-reptile/rows.csv`` (cell ``official-<cell>``, suite
 ``peer-official-reptile``, or ``peer-official-reptile-<suite>`` for a suite other than the default, backend
 ``official-tf``; its config is the cell's, with the official commit), with the per-task scores beside it, so the
-README pairs it with this project's row task by task (``benchmarks.reporting.official_accuracy``). ``--suite
+docs/peers.md pairs it with this project's row task by task (``benchmarks.reporting.official_accuracy``). ``--suite
 reptile-seeds`` runs the default suite's four Reptile cells with three training seeds (ours first:
 ``python -m benchmarks.cli run --suite reptile-seeds``).
 
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:  # a suite or data problem: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} rows to {Path(args.out) / SUITE / 'rows.csv'}; regenerate the README with "
+    print(f"wrote {len(written)} rows to {Path(args.out) / SUITE / 'rows.csv'}; regenerate the README and docs with "
           "`python -m benchmarks.reporting.readme`")
     return 0
 

@@ -9,7 +9,7 @@ against the reference (higher); for second order also the relative error of the 
 checked stable against 3e-7: PITFALLS section 7). ``torch.func vmap*`` is the vmapped meta-gradient that
 the ``torch.func-vmap`` backend refuses on this net: its error is the reason. ``make perf`` runs this;
 ``python -m benchmarks.reporting.readme`` turns it, the limit benchmark and the scaling rows into the
-README's "MAML implementations compared" table. ``tests/test_libraries.py`` asserts the same bounds.
+"MAML implementations compared" table of docs/performance.md. ``tests/test_libraries.py`` asserts the same bounds.
 """
 from __future__ import annotations
 

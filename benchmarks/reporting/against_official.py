@@ -1,5 +1,5 @@
-"""README tables about the authors' code: same-round times against openai/supervised-reptile, and where one
-Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
+"""Tables about the authors' code (docs/peers.md) and about a meta-step's time (docs/performance.md): same-round
+times against openai/supervised-reptile, and where one Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
 ``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
 (``benchmarks.perf.profile_reptile``), ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``),
 ``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``), ``results/profile/layouts_cpu.json``

@@ -1,4 +1,4 @@
-"""The README's "MAML implementations compared" table: per library and version, is it correct, how fast, how
+"""The "MAML implementations compared" table of docs/performance.md: per library and version, is it correct, how fast, how
 much memory, and what it took to install; every figure from a committed file.
 
 Sources (all under ``results/``):

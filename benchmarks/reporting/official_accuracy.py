@@ -1,4 +1,4 @@
-"""The README table of accuracy against the authors' code: each ``official-tf`` row of
+"""The table of accuracy against the authors' code (docs/peers.md): each ``official-tf`` row of
 ``benchmarks.peers.official_reptile_accuracy`` beside this project's row of the same cell, paired task by task.
 
 The official rows score this project's evaluation tasks, so the comparison is paired (``reporting.paired``):

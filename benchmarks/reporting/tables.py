@@ -155,7 +155,7 @@ def pick(groups: pd.DataFrame, dataset: str, splits, ways: int, shots: int, algo
     """The aggregated cell that fills one table cell (or None), and the other candidates left out."""
     if groups.empty:
         return None, []
-    # The authors' code's rows (backend official-tf) are shown beside ours in the README, never as ours.
+    # The authors' code's rows (backend official-tf) are shown beside ours in docs/peers.md, never as ours.
     m = groups[(groups.dataset == dataset) & groups.split.isin(splits) & (groups.ways == ways)
                & (groups.shots == shots) & (groups.algorithm == algorithm) & (groups.transductive == transductive)
                & (groups.metric == "accuracy") & ~groups.scaling & (groups.backend != "official-tf")]
