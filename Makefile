@@ -1,13 +1,13 @@
-# Entry points. `make setup` then `make benchmark`; `make test` is what CI runs.
+# Entry points. `make setup` then `make benchmark`; `make test` (quick tier) and `make test-slow` are what CI runs.
 PY_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch 2.13.0 is the CPU build on this project's machines; GPU users: see README "GPU".
+# torch 2.13.0 is the CPU build on this project's machines; GPU users: see docs/gpu.md.
 TORCH_SPEC ?= torch==2.13.0
 # Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
-.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
+.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test test-slow test-all perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -25,8 +25,17 @@ $(VENV)/.installed: pyproject.toml
 setup-learn2learn:
 	bash algorithms/libraries/install_learn2learn.sh $(PY)
 
+# Test tiers (README "Tests"): the quick one, the end-to-end one (tests marked slow), both; all cores (xdist),
+# each test file on one worker (its module-scoped fixtures are built once). CI runs test, then test-slow.
+PYTEST = $(PY) -m pytest -q -n auto --dist loadfile
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST) -m "not slow"
+
+test-slow: setup
+	$(PYTEST) -m slow
+
+test-all: setup
+	$(PYTEST)
 
 # The malloc timed processes run with, as the cell processes do (benchmarks/running/allocator.py: tcmalloc
 # where installed, REPTILE_BENCH_MALLOC=glibc for glibc's); the allocator command times each setting itself.
@@ -52,14 +61,14 @@ perf: setup
 	$(PY) -m benchmarks.reporting.readme
 
 # --jobs auto: one training per core, each pinned to its own core (results identical to --jobs 1; the
-# step-time columns shift, see README). Exit 5 = cut by the budget: tables are still rendered; rerun to finish.
+# step-time columns shift, see docs/running.md). Exit 5 = cut by the budget: tables are still rendered; rerun to finish.
 JOBS ?= auto
 benchmark: setup
 	$(PY) -m benchmarks.cli run --suite default --max-minutes 28 --jobs $(JOBS); rc=$$?; \
 	  if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; \
 	  $(MAKE) paper-tables; exit $$rc
 
-# Tables, plots and the README results section, regenerated from results/*/rows.csv alone.
+# Tables, plots and the generated blocks of README.md and docs/, regenerated from results/ alone.
 paper-tables: setup
 	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
