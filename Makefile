@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
-.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test test-slow test-all perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
+.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test test-slow test-slurm test-all slurm-up slurm-down perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -25,17 +25,30 @@ $(VENV)/.installed: pyproject.toml
 setup-learn2learn:
 	bash algorithms/libraries/install_learn2learn.sh $(PY)
 
-# Test tiers (README "Tests"): the quick one, the end-to-end one (tests marked slow), both; all cores (xdist),
-# each test file on one worker (its module-scoped fixtures are built once). CI runs test, then test-slow.
+# Test tiers (README "Tests"): the quick one, the end-to-end one (tests marked slow), the SLURM one (jobs through
+# the cluster SLURM_CONF names, default the local one of `make slurm-up`; skipped without one), all of them;
+# all cores (xdist), each test file on one worker (its module-scoped fixtures are built once).
+# CI runs test, test-slow, and test-slurm between slurm-up and slurm-down.
 PYTEST = $(PY) -m pytest -q -n auto --dist loadfile
 test: setup
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not slurm"
 
 test-slow: setup
-	$(PYTEST) -m slow
+	$(PYTEST) -m "slow and not slurm"
+
+test-slurm: setup
+	$(PYTEST) -m slurm -rs
 
 test-all: setup
 	$(PYTEST)
+
+# A real one-node SLURM cluster on this machine (munge, slurmctld, slurmd, slurmdbd + MariaDB for sacct), every
+# file under .slurm/; installs Debian's packages with apt where missing (root). Exit 4: it cannot run here.
+slurm-up:
+	bash benchmarks/slurm/local.sh up
+
+slurm-down:
+	bash benchmarks/slurm/local.sh down
 
 # The malloc timed processes run with, as the cell processes do (benchmarks/running/allocator.py: tcmalloc
 # where installed, REPTILE_BENCH_MALLOC=glibc for glibc's); the allocator command times each setting itself.

@@ -4,6 +4,7 @@
     python -m benchmarks.cli run --suite smoke --out /tmp/smoke --cells 'sine-*' --seeds 0,1 --jobs 2
     python -m benchmarks.cli plan --suite paper-omniglot     # distinct trainings and projected hours
     python -m benchmarks.cli run --suite paper-omniglot --launcher submitit --device cuda --slurm-gpus 1
+    python -m benchmarks.cli plan --suite paper-omniglot --launcher submitit --slurm-gpus 1   # + the sbatch it would send
     python -m benchmarks.cli collect --suite paper-omniglot  # finished / running / failed jobs
     python -m benchmarks.cli list                            # suites and their cells
     python -m benchmarks.cli tables [--results results]      # paper tables + plots from the rows
@@ -27,14 +28,12 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from algorithms.evaluation import resolve_mode
-from datasets.tasks import SEED_LIMIT
-
+from benchmarks import cli_cluster
+from benchmarks.cli_common import UsageError, parse_seeds, with_device
 from benchmarks.records import provenance
 from benchmarks.records.rows import ROWS_FILE, completed_hashes, read_rows_or_empty
 from benchmarks.records.scores import ScoresFormatError, read_scores, SCORES_FILE
@@ -44,58 +43,6 @@ from benchmarks.running.process import EXIT_BAD_CONFIG, EXIT_BUSY, EXIT_DATA, EX
     EXIT_INCOMPLETE, EXIT_INTERRUPTED, quiet
 from benchmarks.running.suites import SuiteError, available_suites, describe, format_cells, load_suite, select, suite_name
 from benchmarks.running.trainings import Training, group
-
-
-class UsageError(Exception):
-    """Bad input: printed as ``error: ...`` with exit status 2."""
-
-
-def parse_seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds takes comma-separated integers such as 0,1,2; got {text!r}") from None
-    if not seeds or any(not 0 <= s < SEED_LIMIT for s in seeds):
-        raise UsageError(f"--seeds needs at least one integer, each in [0, {SEED_LIMIT}); got {text!r}")
-    return seeds
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: this torch build sees no CUDA device; use --device cpu (or auto)")
-    return device
-
-
-def with_device(cells, device_option: str | None, check_cuda: bool = True):
-    """Each cell with its device resolved (and evaluation mode for that device), before any hashing.
-
-    A suite may pin a device; ``--device`` must then agree (a silent override would run, and record, a
-    cell somewhere its suite says it must not run).
-    """
-    out = []
-    for cell in cells:
-        if cell.device != "auto" and device_option not in (None, "auto") and cell.device != device_option:
-            raise UsageError(f"cell {cell.suite}/{cell.cell}: its suite sets device = {cell.device!r} but --device is "
-                             f"{device_option!r}; drop one of them (or select other cells with --cells)")
-        wanted = cell.device if cell.device != "auto" else (device_option or "auto")
-        device = resolve_device(wanted) if check_cuda or not wanted.startswith("cuda") else wanted
-        ev = replace(cell.eval, mode=resolve_mode(cell.eval.mode, device)) if cell.eval.num_tasks else cell.eval
-        out.append(replace(cell, device=device, eval=ev))
-    return out
-
-
-def check_shared(out: Path) -> None:
-    """SLURM jobs write from other nodes: refuse a results folder that is node-local by its path."""
-    resolved = str(out.resolve())
-    if any(resolved == d or resolved.startswith(d + "/") for d in ("/tmp", "/var/tmp", "/dev/shm")):
-        raise UsageError(f"--out {out} is node-local ({resolved}): jobs on other nodes could not write their rows "
-                         "there; pass an --out on a filesystem every node shares")
 
 
 def check_writable(folder: Path) -> None:
@@ -171,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             cluster.check_slurm()
         except cluster.ClusterError as e:
             raise UsageError(str(e)) from None
-        check_shared(out)
+        cli_cluster.check_shared(out)
     check_writable(folder)
     if len({c.device for c in cells}) > 1:
         raise UsageError(f"the selected cells run on several devices ({sorted({c.device for c in cells})}); "
@@ -182,9 +129,6 @@ def run(args: argparse.Namespace) -> int:
     if args.ranks > 1:
         from benchmarks.running import distributed
 
-        if on_cluster:
-            raise UsageError("--ranks (torchrun on this machine) goes with the local launcher; on a cluster a job "
-                             "runs one training per GPU set by --slurm-gpus")
         for cell in cells:
             try:
                 distributed.check_splittable(cell, args.ranks)
@@ -217,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     trainings = group(ready.cells)
     if on_cluster:
-        return run_on_cluster(args, trainings, out, git_state, len(cells) - len(pending))
+        return cli_cluster.run_on_cluster(args, trainings, out, git_state, len(cells) - len(pending))
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else None
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     git = json.dumps(git_state)
@@ -281,74 +225,6 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if (cut or not_started or busy) else 0
 
 
-def cluster_settings(args: argparse.Namespace):
-    from benchmarks.running import cluster
-    from benchmarks.running.suites import suite_table
-
-    bad = [kv for kv in args.slurm_extra or [] if "=" not in kv]
-    if bad:
-        raise UsageError(f"--slurm-extra takes sbatch options as KEY=VALUE (e.g. qos=high), got {bad}")
-    flags = {"partition": args.slurm_partition, "gpus": args.slurm_gpus, "cpus": args.slurm_cpus,
-             "time_minutes": args.slurm_time, "mem_gb": args.slurm_mem_gb, "array_parallelism": args.slurm_array_parallelism,
-             "extra": dict(kv.split("=", 1) for kv in args.slurm_extra) if args.slurm_extra else None}
-    try:
-        return cluster.SlurmSettings.merged(suite_table(args.suite, "slurm"), flags)
-    except cluster.ClusterError as e:
-        raise UsageError(str(e)) from None
-
-
-def run_on_cluster(args, trainings: list[Training], out: Path, git_state: dict, already: int) -> int:
-    """Submit one submitit job per training not finished nor running; wait for them unless --no-wait."""
-    from benchmarks.running import cluster
-
-    slurm = cluster_settings(args)
-    command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
-    suite = suite_name(args.suite)
-    registry = cluster.registry(out / suite / "submitit") if trainings else {}
-    done = cluster.finished_hashes(out, suite) if trainings else set()
-    running = [t for t in trainings if cluster.status(t, out, registry.get(t.key), done)[0] == "running"]
-    todo = [t for t in trainings if t not in running]
-    for t in running:
-        print(f"still running, not resubmitted: {t.name} (job {registry.get(t.key, {}).get('job_id', '?')})")
-
-    def job_for(t: Training):
-        return cluster.TrainingJob([c.to_dict() for c in t.cells], str(out), args.wandb, command, git_state,
-                                   args.threads, 1)
-
-    try:
-        jobs = cluster.submit(todo, out, args.cluster, slurm, job_for) if todo else {}
-    except cluster.ClusterError as e:
-        raise UsageError(str(e)) from None
-    print(f"suite {suite}: {len(todo)} training(s) submitted ({sum(len(t.cells) for t in todo)} cells), "
-          f"{len(running)} still running, {already} cell(s) already complete at this commit; "
-          f"job folders under {out / suite / 'submitit'}")
-    for t in todo:
-        print(f"  job {jobs[t.key].job_id}: {t.name}")
-    if args.no_wait:
-        print(f"check on them with: python -m benchmarks.cli collect --suite {args.suite} --out {out}")
-        return 0
-    failures = cluster.wait(jobs, todo, quiet=quiet())
-    states, lines = cluster.report(trainings, out)
-    print("\n".join(lines))
-    for line in failures:
-        print(f"error: {line}", file=sys.stderr)
-    if failures or states.get("failed"):
-        return EXIT_FAILED
-    return EXIT_INCOMPLETE if set(states) - {"finished"} else 0
-
-
-def collect(args: argparse.Namespace) -> int:
-    """Report each training of the suite as finished, running, failed (with its log) or not started."""
-    from benchmarks.running import cluster
-
-    cells = with_device(select(load_suite(args.suite, parse_seeds(args.seeds)), args.cells), args.device, check_cuda=False)
-    states, lines = cluster.report(group(cells), Path(args.out))
-    print("\n".join(lines))
-    if states.get("failed"):
-        return EXIT_FAILED
-    return EXIT_INCOMPLETE if set(states) - {"finished"} else 0
-
-
 def list_suites(args: argparse.Namespace) -> int:
     for name in [args.suite] if args.suite else available_suites():
         cells = load_suite(name)
@@ -379,6 +255,8 @@ def plan(args: argparse.Namespace) -> int:
     except ValueError as e:  # a REPTILE_BENCH_MALLOC that names no malloc
         raise UsageError(str(e)) from None
     print(planning.report(cells, Path(args.results), probe=not args.no_probe, threads=args.threads, malloc=malloc))
+    if args.launcher == "submitit":
+        print("\n".join(cli_cluster.plan_lines(args, group(cells))))
     return 0
 
 
@@ -411,22 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one per core on CPU, one per GPU); default 1")
     r.add_argument("--skip-missing", action="store_true", help="skip cells whose data is missing instead of stopping")
     r.add_argument("--ranks", type=int, default=1,
-                   help="split each training's meta-batch over N processes (torchrun; gloo on CPU, NCCL on GPU); "
-                        "default 1")
-    r.add_argument("--launcher", default="local", choices=["local", "submitit"],
-                   help="local: training processes on this machine (default); submitit: one SLURM job per training")
-    r.add_argument("--cluster", default="slurm", choices=["slurm", "local"],
-                   help="with --launcher submitit: slurm (default), or local to run the jobs as local processes")
+                   help="split each training's meta-batch over N processes (torchrun; gloo on CPU, NCCL on GPU; with "
+                        "--launcher submitit, N tasks of one SLURM job on one node); default 1")
     r.add_argument("--no-wait", action="store_true", help="with --launcher submitit: print the job ids and return")
-    sl = r.add_argument_group("SLURM (with --launcher submitit; a suite's [slurm] table sets defaults)")
-    sl.add_argument("--slurm-partition", default=None, help="partition of every job")
-    sl.add_argument("--slurm-gpus", type=int, default=None, help="GPUs per job (default 0)")
-    sl.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per job (default 1)")
-    sl.add_argument("--slurm-time", type=int, default=None, help="time limit per job in minutes (default 240); "
-                    "a job stopped by it is requeued and resumes")
-    sl.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job in GB")
-    sl.add_argument("--slurm-array-parallelism", type=int, default=None, help="most jobs running at once (default 256)")
-    sl.add_argument("--slurm-extra", nargs="*", default=None, metavar="KEY=VALUE", help="more sbatch options")
+    cli_cluster.add_slurm_arguments(r)
     r.set_defaults(func=run)
     c = sub.add_parser("collect", help="report the trainings of a suite run with --launcher submitit")
     c.add_argument("--suite", required=True, help=suite_help)
@@ -434,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="as given to run")
     c.add_argument("--seeds", default=None, help="as given to run")
     c.add_argument("--out", default="results", help="results folder given to run")
-    c.set_defaults(func=collect)
+    c.set_defaults(func=cli_cluster.collect)
     p = sub.add_parser("plan", help="distinct trainings, evaluation tasks and projected hours of a suite")
     p.add_argument("--suite", required=True, help=suite_help)
     p.add_argument("--cells", default=None, help="only cells whose name matches (as for run)")
@@ -443,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results folder whose rows give measured costs")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads the probe uses (as run's --threads)")
     p.add_argument("--no-probe", action="store_true", help="use committed rows only; never time a short probe")
+    p.add_argument("--ranks", type=int, default=1, help="as given to run (with --launcher submitit: tasks per job)")
+    cli_cluster.add_slurm_arguments(p)
     p.set_defaults(func=plan)
     ls = sub.add_parser("list", help="list suites and their cells")
     ls.add_argument("--suite", default=None, help="only this suite")

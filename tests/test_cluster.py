@@ -202,3 +202,25 @@ def test_a_node_local_results_folder_is_refused_for_slurm(tmp_path, capsys, monk
     assert cli_module.main(["run", "--suite", "smoke", "--out", "/tmp/results-here", "--device", "cpu",
                             "--launcher", "submitit"]) == 2
     assert "is node-local" in capsys.readouterr().err
+
+
+def test_plan_shows_the_job_array_and_sbatch_header_it_would_submit_without_submitting(tmp_path, capsys):
+    from benchmarks import cli as cli_module
+
+    args = ["plan", "--suite", "smoke", "--device", "cpu", "--no-probe", "--results", str(tmp_path), "--launcher",
+            "submitit", "--slurm-partition", "gpu", "--slurm-time", "30", "--slurm-array-parallelism", "3",
+            "--slurm-signal-delay", "45", "--slurm-extra", "account=lab"]
+    assert cli_module.main(args) == 0
+    out = capsys.readouterr().out
+    from benchmarks.running.suites import load_suite
+    from benchmarks.running.trainings import group
+
+    trainings = len(group(cli_module.with_device(load_suite("smoke"), "cpu")))
+    header = [line.strip() for line in out.splitlines() if line.strip().startswith("#SBATCH")]
+    assert f"one job array of {trainings} jobs, at most 3 running at once" in out and "partition gpu" in out, out
+    assert {"#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --signal=USR2@45", "#SBATCH --account=lab",
+            "#SBATCH --cpus-per-task=1", "#SBATCH --ntasks-per-node=1"} <= set(header), header
+    assert f"#SBATCH --array=0-{trainings - 1}%3" in header
+    assert not (tmp_path / "smoke").exists()  # nothing submitted, nothing written
+    assert cli_module.main(args[:-4] + ["--slurm-signal-delay", "-1"]) == 2
+    assert "signal_delay_s must be an integer >= 0" in capsys.readouterr().err

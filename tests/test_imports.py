@@ -22,6 +22,8 @@ LAYERS = {  # a module may import its own layer and lower ones (smaller numbers)
     "benchmarks.reporting": 4,
     "benchmarks.perf": 4,
     "benchmarks.peers": 4,
+    "benchmarks.cli_common": 5,
+    "benchmarks.cli_cluster": 5,
     "benchmarks.cli": 5,
     "benchmarks.gpu": 6,
 }

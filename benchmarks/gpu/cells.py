@@ -46,7 +46,7 @@ from pathlib import Path
 
 from benchmarks.reporting.table_format import write_text_atomic
 from benchmarks.records.rows import ROWS_FILE, read_rows_or_empty
-from benchmarks.cli import with_device
+from benchmarks.cli_common import with_device
 from benchmarks.running.process import EXIT_INCOMPLETE
 from benchmarks.running.suites import load_suite, suite_name, suite_path
 

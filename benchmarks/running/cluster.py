@@ -1,40 +1,36 @@
 """The submitit launcher: every shared training (with the evaluations of its cells) becomes one SLURM job.
 
     python -m benchmarks.cli run --suite paper-omniglot --launcher submitit --slurm-partition gpu --slurm-gpus 1
+    python -m benchmarks.cli plan --suite paper-omniglot --launcher submitit --slurm-gpus 1   # the sbatch it would send
     python -m benchmarks.cli run --suite smoke --launcher submitit --cluster local      # real processes, no SLURM
     python -m benchmarks.cli collect --suite paper-omniglot                           # what finished, failed, runs
 
 submitit (the library the field uses to send Python jobs to SLURM) pickles a ``TrainingJob`` and runs it on
 a node; the job runs the same ``runner.run_training`` as the local launcher, writing rows, curves and
 per-task scores into the results folder under its lock: the folder must be on a filesystem every node
-shares (with working ``flock``). Preemption or a time limit: submitit signals the job, which asks to be
-requeued (``TrainingJob.checkpoint``); the requeued job resumes from the training's checkpoint and ends
-with the rows an uninterrupted run gives.
+shares (with working ``flock``). The trainings of one run are submitted as one job array (at most
+``array_parallelism`` running at once). Preemption, or ``signal_delay_s`` before the time limit: SLURM sends
+USR2, submitit asks the job to be requeued (``TrainingJob.checkpoint``), and the requeued job resumes from the
+training's checkpoint and ends with the rows an uninterrupted run gives. With ``--ranks N`` a job runs N tasks
+on one node, the ranks of one data-parallel training (``running.distributed``; torch.distributed's environment
+from SLURM's, through ``submitit.helpers.TorchDistributedEnvironment``).
 
 Job folders and logs live under ``<out>/<suite>/submitit/``; ``jobs.json`` there records which job runs
-which training, so that a rerun of the same command or ``collect`` reports each training as finished
-(its rows are complete), failed (with its log), running (its lock is held, or its job says so) or not
-started, and a rerun resubmits only what did not finish.
+which training (``cluster_status`` reads it back with SLURM's own account of each job).
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.records.rows import ROWS_FILE, read_rows_or_empty
-from benchmarks.running import checkpoints
+from benchmarks.running.cluster_status import ClusterError, registry, save_registry
 from benchmarks.running.trainings import Training
 
-JOBS_FILE = "jobs.json"
-SLURM_KEYS = ("partition", "gpus", "cpus", "time_minutes", "mem_gb", "array_parallelism", "extra")
-
-
-class ClusterError(ValueError):
-    """The cluster settings are wrong or SLURM is not here; the message names the option."""
+SLURM_KEYS = ("partition", "gpus", "cpus", "time_minutes", "mem_gb", "array_parallelism", "signal_delay_s", "extra")
+JOB_NAME = "reptile-bench"
 
 
 @dataclass
@@ -44,15 +40,19 @@ class SlurmSettings:
     partition: str | None = None
     """``--partition`` of every job (None: the cluster's default)."""
     gpus: int = 0
-    """GPUs per job (one training per job)."""
+    """GPUs per job (one training per job; with ``--ranks N`` on CUDA, N: one per rank)."""
     cpus: int = 1
-    """CPUs per job (the training's torch threads should not exceed it)."""
+    """CPUs per task (the training's torch threads should not exceed it; one task per rank)."""
     time_minutes: int = 240
-    """Time limit per job; a job stopped by it is requeued and resumes from its checkpoint."""
+    """Time limit per job; a job reaching it is asked to requeue itself first (``signal_delay_s``) and resumes
+    from its checkpoint."""
     mem_gb: float | None = None
     """Memory per job (None: the cluster's default)."""
     array_parallelism: int = 256
     """Most jobs of the run's job array running at once."""
+    signal_delay_s: int = 90
+    """Seconds before the time limit at which SLURM sends USR2, so the job checkpoints and requeues itself;
+    0: none is sent, and a job still running at its limit is killed (state TIMEOUT; rerun to resume it)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """More sbatch options, e.g. {"qos": "high", "account": "lab"}."""
 
@@ -62,10 +62,11 @@ class SlurmSettings:
         if unknown:
             raise ClusterError(f"[slurm] table: unknown key(s) {unknown}; valid: {', '.join(SLURM_KEYS)}")
         s = cls(**{**suite_table, **{k: v for k, v in overrides.items() if v is not None}})
-        for name in ("gpus", "cpus", "time_minutes", "array_parallelism"):
+        for name in ("gpus", "cpus", "time_minutes", "array_parallelism", "signal_delay_s"):
             v = getattr(s, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "gpus" else 1):
-                raise ClusterError(f"SLURM setting {name} must be an integer >= {0 if name == 'gpus' else 1}, got {v!r}")
+            least = 0 if name in ("gpus", "signal_delay_s") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ClusterError(f"SLURM setting {name} must be an integer >= {least}, got {v!r}")
         if not isinstance(s.extra, dict):
             raise ClusterError(f"SLURM setting extra must be a table of sbatch options, got {s.extra!r}")
         return s
@@ -75,49 +76,80 @@ def check_slurm() -> None:
     """ClusterError unless SLURM's ``sbatch`` is on this machine's PATH."""
     if shutil.which("sbatch") is None:
         raise ClusterError("--launcher submitit: no SLURM on this machine (sbatch not found); pass --cluster local to "
-                           "run the same jobs as local processes, or run on a SLURM login node")
+                           "run the same jobs as local processes, run on a SLURM login node, or start a local "
+                           "cluster with `make slurm-up` (docs/cluster.md)")
 
 
-def executor(folder: Path, cluster: str, slurm: SlurmSettings):
+def parameters(cluster: str, slurm: SlurmSettings, ranks: int = 1) -> dict[str, Any]:
+    """The submitit executor parameters of every job of a run (``ranks`` tasks on one node)."""
+    params: dict[str, Any] = {"timeout_min": slurm.time_minutes, "cpus_per_task": slurm.cpus,
+                              "gpus_per_node": slurm.gpus, "tasks_per_node": ranks, "nodes": 1, "name": JOB_NAME}
+    if cluster == "slurm":
+        params.update(slurm_array_parallelism=slurm.array_parallelism, slurm_signal_delay_s=slurm.signal_delay_s,
+                      slurm_additional_parameters=dict(slurm.extra))
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+        if slurm.mem_gb:
+            params["mem_gb"] = slurm.mem_gb
+    return params
+
+
+def executor(folder: Path, cluster: str, slurm: SlurmSettings, ranks: int = 1):
     """A submitit executor for ``cluster`` (``slurm``, or ``local``: the same jobs as local processes)."""
     import submitit
 
     if cluster == "slurm":
         check_slurm()
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster)  # one folder per job, named by its id
-    params: dict[str, Any] = {"timeout_min": slurm.time_minutes, "cpus_per_task": slurm.cpus,
-                              "gpus_per_node": slurm.gpus, "tasks_per_node": 1, "nodes": 1,
-                              "name": "reptile-bench"}
-    if cluster == "slurm":
-        params.update(slurm_array_parallelism=slurm.array_parallelism, slurm_additional_parameters=dict(slurm.extra))
-        if slurm.partition:
-            params["slurm_partition"] = slurm.partition
-        if slurm.mem_gb:
-            params["mem_gb"] = slurm.mem_gb
-    ex.update_parameters(**params)
+    ex.update_parameters(**parameters(cluster, slurm, ranks))
     return ex
+
+
+def sbatch_header(jobs: int, slurm: SlurmSettings, folder: Path, ranks: int = 1) -> list[str]:
+    """The ``#SBATCH`` lines submitit writes for a run of ``jobs`` trainings (one job array when more than one),
+    from submitit's own script writer: what ``plan --launcher submitit`` shows before anything is submitted
+    (the slurm tests check it against the script a real submission wrote)."""
+    import submitit
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")  # writes nothing, needs no sbatch
+    ex.update_parameters(**parameters("slurm", slurm, ranks))
+    text = _make_sbatch_string(command="", folder=str(folder / "%j"), map_count=jobs if jobs > 1 else None,
+                               **ex._executor.parameters)
+    return [line for line in text.splitlines() if line.startswith("#SBATCH")]
 
 
 class TrainingJob:
     """One shared training with its cells' evaluations, as a submitit job (picklable; requeued when stopped)."""
 
-    def __init__(self, cells: list[dict], out: str, wandb: str, command: str, git: dict, threads: int, jobs: int):
+    def __init__(self, cells: list[dict], out: str, wandb: str, command: str, git: dict, threads: int, jobs: int,
+                 ranks: int = 1):
         self.cells, self.out, self.wandb, self.command, self.git = cells, out, wandb, command, git
-        self.threads, self.jobs = threads, jobs
+        self.threads, self.jobs, self.ranks = threads, jobs, ranks
 
     def __call__(self) -> list[str]:
         import torch
 
+        from benchmarks.running import distributed
+        from benchmarks.running.allocator import keep_freed_memory
         from benchmarks.running.config import CellConfig
         from benchmarks.running.runner import run_training
-
-        from benchmarks.running.allocator import keep_freed_memory
 
         keep_freed_memory()
         if self.threads:
             torch.set_num_threads(self.threads)
         cells = [CellConfig.from_dict(d).validate() for d in self.cells]
-        rows = run_training(cells, Path(self.out), None, self.wandb, self.command, self.git, self.jobs)
+        ranks = None
+        if self.ranks > 1:  # this task is one rank: torch.distributed's variables from SLURM's
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            ranks = distributed.init(cells[0].device)
+        try:
+            rows = run_training(cells, Path(self.out), None, self.wandb, self.command, self.git, self.jobs, ranks)
+        finally:
+            if ranks is not None and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
         return [r["cell"] for r in rows]
 
     def checkpoint(self, *args, **kwargs):
@@ -127,60 +159,13 @@ class TrainingJob:
         return submitit.helpers.DelayedSubmission(self)
 
 
-def registry(folder: Path) -> dict[str, dict]:
-    path = folder / JOBS_FILE
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError as e:
-        raise ClusterError(f"{path} is not readable JSON ({e}); move it aside (finished rows are kept)") from None
-
-
-def save_registry(folder: Path, jobs: dict[str, dict]) -> None:
-    from datasets.archive import atomic_write
-
-    with atomic_write(folder / JOBS_FILE, "w") as f:
-        json.dump(jobs, f, indent=1, sort_keys=True)
-
-
-def finished_hashes(out: Path, suite: str) -> set[str]:
-    """Config hashes of the complete rows of ``suite`` under ``out`` (read once for all its trainings)."""
-    rows = read_rows_or_empty(out / suite / ROWS_FILE)
-    return set(rows.loc[rows.complete == True, "config_hash"].astype(str))  # noqa: E712
-
-
-def status(training: Training, out: Path, entry: dict | None, done: set[str]) -> tuple[str, str]:
-    """(finished | failed | running | not started, detail) of one training, from its rows (``done``:
-    ``finished_hashes``), its lock and its job files."""
-    if all(c.config_hash() in done for c in training.cells):
-        return "finished", ""
-    lock = checkpoints.checkpoint_path(out, training.first.suite, training.key).with_suffix(".lock")
-    try:
-        with checkpoints.lock(lock, training.name):
-            pass
-    except checkpoints.TrainingBusy:
-        return "running", f"job {entry['job_id']}" if entry else "another run"
-    if entry:
-        job_dir = Path(entry["folder"])
-        result = job_dir / f"{entry['job_id']}_0_result.pkl"
-        log = job_dir / f"{entry['job_id']}_0_log.err"
-        if result.is_file():
-            return "failed", f"job {entry['job_id']} ended without all rows; log: {log}"
-        if entry.get("cluster") == "slurm":
-            import submitit
-
-            state = submitit.SlurmJob(job_dir, entry["job_id"]).state
-            if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING"):
-                return "running", f"job {entry['job_id']} ({state})"
-            return "failed", f"job {entry['job_id']} {state}; log: {log}"
-        return "failed", f"job {entry['job_id']} is gone without its rows; log: {log}"
-    return "not started", ""
-
-
-def submit(trainings: list[Training], out: Path, cluster: str, slurm: SlurmSettings, job_for) -> dict[str, Any]:
-    """Submit one job per training (as one job array); returns {training key: job}; records them in jobs.json."""
+def submit(trainings: list[Training], out: Path, cluster: str, slurm: SlurmSettings, job_for,
+           command: str = "", ranks: int = 1) -> dict[str, Any]:
+    """Submit one job per training (as one job array); returns {training key: job}; records them in jobs.json
+    with ``command``, the command line that resumes them."""
     folder = out / trainings[0].first.suite / "submitit"
     folder.mkdir(parents=True, exist_ok=True)
-    ex = executor(folder, cluster, slurm)
+    ex = executor(folder, cluster, slurm, ranks)
     with ex.batch():
         pending = [(t, ex.submit(job_for(t))) for t in trainings]
     template = folder / "%j"  # submitit creates the folder pattern itself; only the per-job folders are used
@@ -189,7 +174,7 @@ def submit(trainings: list[Training], out: Path, cluster: str, slurm: SlurmSetti
     jobs = registry(folder)
     for t, job in pending:
         jobs[t.key] = {"job_id": str(job.job_id), "folder": str(job.paths.folder), "cluster": cluster,
-                       "cells": [c.cell for c in t.cells], "submitted": time.time()}
+                       "cells": [c.cell for c in t.cells], "submitted": time.time(), "command": command}
     save_registry(folder, jobs)
     return {t.key: job for t, job in pending}
 
@@ -222,21 +207,3 @@ def wait(jobs: dict[str, Any], trainings: list[Training], poll_s: float = 2.0, q
             if left:
                 time.sleep(poll_s)
     return failures
-
-
-def report(trainings: list[Training], out: Path) -> tuple[dict[str, list[str]], list[str]]:
-    """{state: [training lines]} of every training, and the lines to print."""
-    if not trainings:
-        return {}, ["nothing to report: no cells selected"]
-    suite = trainings[0].first.suite
-    jobs, done = registry(out / suite / "submitit"), finished_hashes(out, suite)
-    states: dict[str, list[str]] = {}
-    for t in trainings:
-        state, detail = status(t, out, jobs.get(t.key), done)
-        states.setdefault(state, []).append(f"{t.name}{f': {detail}' if detail else ''}")
-    lines = []
-    for state in ("finished", "running", "failed", "not started"):
-        for item in states.get(state, []):
-            lines.append(f"  {state:<11} {item}")
-    counts = ", ".join(f"{len(v)} {k}" for k, v in states.items())
-    return states, [f"{len(trainings)} training(s): {counts}"] + lines
