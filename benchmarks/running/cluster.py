@@ -107,15 +107,18 @@ def executor(folder: Path, cluster: str, slurm: SlurmSettings, ranks: int = 1):
 
 def sbatch_header(jobs: int, slurm: SlurmSettings, folder: Path, ranks: int = 1) -> list[str]:
     """The ``#SBATCH`` lines submitit writes for a run of ``jobs`` trainings (one job array when more than one),
-    from submitit's own script writer: what ``plan --launcher submitit`` shows before anything is submitted
-    (the slurm tests check it against the script a real submission wrote)."""
-    import submitit
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit's own parameter names and script writer, on any machine (no SLURM needed): what ``plan
+    --launcher submitit`` shows before anything is submitted (the slurm tests check it against the script a real
+    submission wrote)."""
+    from submitit.slurm.slurm import SlurmExecutor, _convert_mem, _make_sbatch_string
 
-    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")  # writes nothing, needs no sbatch
-    ex.update_parameters(**parameters("slurm", slurm, ranks))
-    text = _make_sbatch_string(command="", folder=str(folder / "%j"), map_count=jobs if jobs > 1 else None,
-                               **ex._executor.parameters)
+    names = SlurmExecutor._equivalence_dict()
+    params = {}
+    for key, value in parameters("slurm", slurm, ranks).items():
+        key = key.removeprefix("slurm_") if key.startswith("slurm_") else names[key]
+        params[key] = _convert_mem(value) if key == "mem" else value
+    where = str(folder.expanduser().absolute() / "%j")  # as submitit makes its folder
+    text = _make_sbatch_string(command="", folder=where, map_count=jobs if jobs > 1 else None, **params)
     return [line for line in text.splitlines() if line.startswith("#SBATCH")]
 
 
