@@ -148,13 +148,25 @@ class ClassPool:
                 f"{self.examples_per_class} examples per class; lower shots or query"
             )
 
+    def draw(self, ways: int, per: int, seed: int, index: int) -> tuple[Tensor, Tensor]:
+        """The (classes [ways], examples [ways, per]) task ``index`` of ``seed`` takes: a class is a stored class and
+        a rotation (``class // rotations``, ``class % rotations``), labels are the positions in ``classes``."""
+        g = task_generator(seed, index)
+        classes = torch.randperm(self.num_classes, generator=g)[:ways]
+        picks = torch.stack([torch.randperm(self.examples_per_class, generator=g)[:per] for _ in range(ways)])
+        return classes, picks
+
+    def rotated_images(self) -> Tensor:
+        """Every class's images as a task shows them, [num_classes, examples, C, H, W] (rotations applied)."""
+        x = self.images.float().div(255) if self.images.dtype == torch.uint8 else self.images
+        return torch.stack([torch.rot90(x[c // self.rotations], c % self.rotations, dims=(-2, -1))
+                            for c in range(self.num_classes)])
+
     def sample_task(self, ways: int, shots: int, query: int, seed: int, index: int) -> TaskBatch:
         """One N-way K-shot task with Q query examples per class (a batch of one)."""
         self.check(ways, shots, query)
-        g = task_generator(seed, index)
-        classes = torch.randperm(self.num_classes, generator=g)[:ways]
         per = shots + query
-        picks = torch.stack([torch.randperm(self.examples_per_class, generator=g)[:per] for _ in range(ways)])
+        classes, picks = self.draw(ways, per, seed, index)
         base, rot = classes // self.rotations, classes % self.rotations
         x = self.images[base[:, None], picks]  # [ways, per, C, H, W]
         if x.dtype == torch.uint8:
