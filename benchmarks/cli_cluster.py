@@ -41,9 +41,13 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_shared(out: Path) -> None:
-    """SLURM jobs write from other nodes: refuse a results folder that is node-local by its path."""
+    """SLURM jobs write from other nodes: refuse a results folder that is node-local by its path, unless the
+    cluster's only node is this machine (``cluster.only_this_machine``: a one-node cluster such as make slurm-up's)."""
+    from benchmarks.running import cluster
+
     resolved = str(out.resolve())
-    if any(resolved == d or resolved.startswith(d + "/") for d in ("/tmp", "/var/tmp", "/dev/shm")):
+    if any(resolved == d or resolved.startswith(d + "/") for d in ("/tmp", "/var/tmp", "/dev/shm")) \
+            and not cluster.only_this_machine():
         raise UsageError(f"--out {out} is node-local ({resolved}): jobs on other nodes could not write their rows "
                          "there; pass an --out on a filesystem every node shares")
 

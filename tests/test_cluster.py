@@ -198,10 +198,16 @@ def test_a_node_local_results_folder_is_refused_for_slurm(tmp_path, capsys, monk
 
     from benchmarks import cli as cli_module
 
+    from benchmarks import cli_cluster
+    from benchmarks.running import cluster
+
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/sbatch")  # as if on a SLURM login node
+    monkeypatch.setattr(cluster, "only_this_machine", lambda: False)  # ... of a cluster of other nodes
     assert cli_module.main(["run", "--suite", "smoke", "--out", "/tmp/results-here", "--device", "cpu",
                             "--launcher", "submitit"]) == 2
     assert "is node-local" in capsys.readouterr().err
+    monkeypatch.setattr(cluster, "only_this_machine", lambda: True)  # a one-node cluster: /tmp is what its jobs see
+    cli_cluster.check_shared(Path("/tmp/results-here"))
 
 
 def test_plan_shows_the_job_array_and_sbatch_header_it_would_submit_without_submitting(tmp_path, capsys):

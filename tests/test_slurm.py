@@ -4,7 +4,7 @@
 
 Every test drives the project's own CLI, whose jobs go through ``sbatch`` to the cluster ``SLURM_CONF`` names
 (default: the local one under ``.slurm/``). Without a running cluster the tests are skipped with the reason.
-Results go under ``.slurm/work/`` (git-ignored): the CLI refuses a node-local ``--out`` such as /tmp for SLURM.
+Results go under ``.slurm/work/`` (git-ignored), beside the cluster's own files.
 """
 from __future__ import annotations
 

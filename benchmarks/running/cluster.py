@@ -80,6 +80,20 @@ def check_slurm() -> None:
                            "cluster with `make slurm-up` (docs/cluster.md)")
 
 
+def only_this_machine() -> bool:
+    """True when every node of the SLURM cluster is this machine (``sinfo``'s node names against its hostname);
+    False when sinfo does not answer."""
+    import socket
+    import subprocess
+
+    try:
+        p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    nodes = set(p.stdout.split())
+    return p.returncode == 0 and nodes == {socket.gethostname().split(".")[0]}
+
+
 def parameters(cluster: str, slurm: SlurmSettings, ranks: int = 1) -> dict[str, Any]:
     """The submitit executor parameters of every job of a run (``ranks`` tasks on one node)."""
     params: dict[str, Any] = {"timeout_min": slurm.time_minutes, "cpus_per_task": slurm.cpus,
