@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Omniglot is read from $OMNIGLOT_ROOT when set, else ./data/omniglot (downloaded there when online).
 CPU_THREADS = $(shell $(PY_SYS) -c "import os; print(os.cpu_count())")
 
-.PHONY: setup setup-learn2learn peer-official-reptile peer-official-reptile-accuracy test test-slow test-slurm test-all slurm-up slurm-down perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
+.PHONY: setup setup-learn2learn setup-peers peer-official-reptile peer-official-reptile-accuracy peer-official-maml test test-slow test-slurm test-all slurm-up slurm-down perf benchmark paper-tables gpu-results gpu-rehearsal gpu-prepare gpu-import clean
 
 setup: $(VENV)/.installed
 
@@ -101,7 +101,12 @@ gpu-import: setup
 	@test -n "$(GPU_FILES)" -a -n "$(CARD)" || { echo "usage: make gpu-import GPU_FILES=<folder of the device call's files> CARD=h100 [FORCE=1]" >&2; exit 2; }
 	$(PY) -m benchmarks.gpu.bundle import --files "$(GPU_FILES)" --card "$(CARD)" $(if $(FORCE),--force)
 
-# The authors' TensorFlow Reptile timed beside ours (its own environment, made on first use; never CI).
+# The TensorFlow environment the authors' codes run in (.venv-official, about 1.5 GB): an optional extra, never
+# made by setup or CI; the peer targets make it on first use.
+setup-peers: setup
+	$(PY) -m benchmarks.peers.tf_env
+
+# The authors' TensorFlow Reptile timed beside ours (each malloc on both sides; its own environment; never CI).
 peer-official-reptile: setup
 	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
 	$(PY) -m benchmarks.peers.official_reptile --checkout "$(REPTILE_CHECKOUT)"
@@ -113,6 +118,14 @@ peer-official-reptile: setup
 peer-official-reptile-accuracy: setup
 	@test -n "$(REPTILE_CHECKOUT)" || { echo "usage: make peer-official-reptile-accuracy REPTILE_CHECKOUT=<a clone of https://github.com/openai/supervised-reptile>" >&2; exit 2; }
 	$(PY) -m benchmarks.peers.official_reptile_accuracy --checkout "$(REPTILE_CHECKOUT)" --suite "$(or $(SUITE),default)"
+	$(PY) -m benchmarks.cli tables
+	$(PY) -m benchmarks.reporting.readme
+
+# The authors' MAML (cbfinn/maml, patched by benchmarks/peers/official_maml.patch) trained and scored on the
+# maml-official suite's tasks (run that suite first: ours), then timed beside ours, each malloc on both sides.
+peer-official-maml: setup
+	@test -n "$(MAML_CHECKOUT)" || { echo "usage: make peer-official-maml MAML_CHECKOUT=<a clone of https://github.com/cbfinn/maml>" >&2; exit 2; }
+	$(PY) -m benchmarks.peers.official_maml --checkout "$(MAML_CHECKOUT)" --suite "$(or $(SUITE),maml-official)"
 	$(PY) -m benchmarks.cli tables
 	$(PY) -m benchmarks.reporting.readme
 

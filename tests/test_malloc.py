@@ -125,10 +125,12 @@ def test_reports_say_the_malloc(tmp_path):
     assert "median ×0.70 tcmalloc / kept" in lines[6] and lines[-1] == "| 1 | 100 ms | 70 ms | ×0.70 |"
     (tmp_path / "peers").mkdir()
     run = {"median_s": {"official/1": 0.1, "reference/1": 0.05}, "ratio_to_official": {"reference/1": 0.5}}
+    part = {"rounds": [run], "median_s": run["median_s"], "ratio_median": run["ratio_to_official"]}
     (tmp_path / "peers" / "official_reptile.json").write_text(json.dumps(
-        {"iters": 3, "warmup": 1, "cpu": "X", "rounds": [run], "median_s": run["median_s"],
-         "malloc": {"official": "glibc", "this project": "tcmalloc"}}))
-    assert "malloc: the authors' code glibc, this project tcmalloc;" in peer_lines(tmp_path, str)[0]
+        {"iters": 3, "warmup": 1, "cpu": "X", "setting": "S", "mallocs": {"glibc": part, "tcmalloc": part}}))
+    text = "\n".join(peer_lines(tmp_path, str))
+    assert "glibc's malloc (as it ships) on both sides:" in text and "tcmalloc preloaded into both sides:" in text
+    assert "tcmalloc preloaded into both sides: reference ×0.50 at 1 thread" in text
 
 
 @pytest.mark.skipif(not allocator.preload_library({allocator.MALLOC_ENV: "auto"}),

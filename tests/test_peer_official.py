@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from benchmarks.peers import official_reptile as peer
+from benchmarks.peers import official_reptile as peer, timing
 from benchmarks.records.rows import check_row
 
 
@@ -64,27 +64,53 @@ def test_the_small_split_is_laid_out_as_the_official_reader_expects(omniglot_roo
 def test_a_timing_runs_output_is_parsed_and_bad_output_is_refused():
     out = "2026 tensorflow chatter\n" + json.dumps({"implementation": "official", "threads": 1, "wall_s": [0.1, 0.2],
                                                     "cpu_s": [0.1, 0.15], "peak_rss_bytes": 1}) + "\n"
-    assert peer.parse(out)["cpu_s"] == [0.1, 0.15]
+    assert timing.parse(out)["cpu_s"] == [0.1, 0.15]
     with pytest.raises(peer.PeerError, match="printed no result"):
-        peer.parse("Traceback: boom\n")
+        timing.parse("Traceback: boom\n")
     with pytest.raises(peer.PeerError, match="no per-iteration times"):
-        peer.parse(json.dumps({"wall_s": []}))
+        timing.parse(json.dumps({"wall_s": []}))
 
 
-def test_rounds_become_same_round_ratios_and_schema_rows():
-    def run(med, threads):
-        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
+def run_result(med, threads, malloc="glibc"):
+    return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8, "malloc": malloc}
 
-    rounds = [{f"{w}/{t}": run(m, t) for (w, t), m in zip(peer.CONTENDERS, (0.10, 0.12, 0.09, 0.08, 0.06, 0.05))}]
-    (report,) = peer.rounds_report(rounds)
-    assert report["ratio_to_official"]["reference/1"] == pytest.approx(1.2)
-    assert report["ratio_to_official"]["batched/0"] == pytest.approx(0.625)
-    full = {"iters": 3, "rounds": [report], "median_s": report["median_s"],
-            "peak_rss_bytes": {k: 10 ** 8 for k in report["median_s"]},
+
+def test_rounds_become_same_round_ratios_per_malloc_and_schema_rows():
+    times = (0.10, 0.12, 0.09, 0.08, 0.06, 0.05)
+    rounds = {m: [{f"{w}/{t}": run_result(med, t, m) for (w, t), med in zip(peer.CONTENDERS, times)}]
+              for m in ("glibc", "tcmalloc")}
+    summary = timing.summary(rounds)
+    assert summary["glibc"]["ratio_median"]["reference/1"] == pytest.approx(1.2)
+    assert summary["tcmalloc"]["ratio_median"]["batched/0"] == pytest.approx(0.625)
+    full = {"iters": 3, "mallocs": summary,
             "versions": {"official": "tensorflow 2.21.0", "reference": "torch", "batched": "torch"}}
     rows = peer.rows_for(full, {"git_commit": "a" * 40, "git_dirty": False}, "test")
-    assert len(rows) == 6 and all(check_row(r) is None for r in rows)
+    assert len(rows) == 12 and all(check_row(r) is None for r in rows)
     assert {r["backend"] for r in rows} == {"official-tf", "reference", "batched"}
+    assert sum(r["device"].endswith(", tcmalloc)") for r in rows) == 6 and len({r["config_hash"] for r in rows}) == 12
+
+
+def test_both_sides_get_the_same_malloc(monkeypatch):
+    import ctypes.util
+
+    from benchmarks.records.mallocs import malloc_name
+    from benchmarks.running import allocator
+
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libjemalloc.so.2:libmine.so")
+    env = timing.side_env("glibc")  # as glibc ships: no malloc preloaded, thresholds left alone on our side too
+    assert env["LD_PRELOAD"] == "libmine.so" and env[allocator.ENV] == "default" and env[allocator.MALLOC_ENV] == "glibc"
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: "libtcmalloc_minimal.so.4" if "tcmalloc" in name else None)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert timing.malloc_settings() == ["glibc", "tcmalloc"]
+    env = timing.side_env("tcmalloc")  # the TensorFlow process and ours alike
+    assert [malloc_name(e) for e in env["LD_PRELOAD"].split(":")] == ["tcmalloc", None]
+
+
+def test_a_round_whose_processes_ran_another_malloc_is_refused(monkeypatch):
+    monkeypatch.setattr(timing, "run", lambda cmd, env, what: run_result(0.1, 1, "glibc"))
+    monkeypatch.setattr(timing, "side_env", lambda setting: {})
+    with pytest.raises(peer.PeerError, match="not all with tcmalloc"):
+        timing.measure(1, ["tcmalloc"], lambda who, threads: [], "training", log=lambda *a: None)
 
 
 def test_tensorflow_that_does_not_import_is_a_clear_message(tmp_path):
@@ -105,62 +131,47 @@ def test_our_side_prints_one_timing_the_harness_parses(omniglot_root, monkeypatc
     import subprocess
 
     env = {**__import__("os").environ, "OMNIGLOT_ROOT": str(omniglot_root)}
-    p = subprocess.run([sys.executable, "-m", "benchmarks.peers.official_reptile_ours", *what, "--threads", "1"],
+    p = subprocess.run([sys.executable, "-m", "benchmarks.peers.ours", *what, "--threads", "1"],
                        cwd=peer.REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    result = peer.parse(p.stdout)
+    result = timing.parse(p.stdout)
     assert result["threads"] == 1 and len(result["cpu_s"]) == (3 if what[0] == "train" else 1)
     assert all(t > 0 for t in result["wall_s"] + result["cpu_s"])
 
 
-def test_evaluation_rounds_are_rendered_beside_the_training_rounds():
+def test_evaluation_rounds_are_rendered_beside_the_training_rounds(tmp_path):
     from benchmarks.reporting.against_official import peer_lines
 
-    def run(med, threads):
-        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
-
-    train = peer.rounds_report([{f"{w}/{t}": run(0.1, t) for w, t in peer.CONTENDERS}])
-    evals = peer.rounds_report([{f"{w}/{t}": run(m, t) for (w, t), m in
-                                 zip(peer.EVAL_CONTENDERS, (0.40, 0.50, 0.30, 0.35, 0.30, 0.20))}])
-    assert evals[0]["ratio_to_official"]["serial/1"] == pytest.approx(1.25)
-    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "rounds": train, "median_s": train[0]["median_s"],
-              "eval": {"tasks": 20, "repeats": 3, "setting": "5-way 1-shot", "rounds": evals,
-                       "median_s": evals[0]["median_s"]}}
-
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "peers").mkdir()
-        (Path(tmp) / "peers" / "official_reptile.json").write_text(json.dumps(report))
-        text = "\n".join(peer_lines(Path(tmp), str))
-    assert "Per evaluation task (5-way 1-shot" in text
+    train = timing.summary({"glibc": [{f"{w}/{t}": run_result(0.1, t) for w, t in peer.CONTENDERS}]})
+    evals = timing.summary({"glibc": [{f"{w}/{t}": run_result(m, t) for (w, t), m in
+                                       zip(peer.EVAL_CONTENDERS, (0.40, 0.50, 0.30, 0.35, 0.30, 0.20))}]})
+    assert evals["glibc"]["rounds"][0]["ratio_to_official"]["reference/1"] == pytest.approx(1.25)
+    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "setting": "Omniglot", "mallocs": train,
+              "eval": {"tasks": 20, "repeats": 3, "setting": "5-way 1-shot", "mallocs": evals}}
+    (tmp_path / "peers").mkdir()
+    (tmp_path / "peers" / "official_reptile.json").write_text(json.dumps(report))
+    text = "\n".join(peer_lines(tmp_path, str))
+    assert "Per evaluation task (5-way 1-shot" in text and "glibc's malloc (as it ships) on both sides:" in text
     assert "this project, task by task, 1 thread" in text and "500 ms (×1.25)" in text
     assert "| median of" not in text  # one round: nothing to take the median of
+    assert "Medians of the same-round ratios (this project ÷ the authors' code): glibc's malloc" in text
     assert peer.main(["--checkout", ".", "--eval-tasks", "1"]) == 2  # one task is no timing of a task
 
 
-def test_several_rounds_end_with_the_median_of_their_same_round_ratios():
+def test_several_rounds_end_with_the_median_of_their_same_round_ratios(tmp_path):
     from benchmarks.reporting.against_official import peer_lines
-
-    def run(med, threads):
-        return {"threads": threads, "cpu_s": [med] * 3, "wall_s": [med] * 3, "peak_rss_bytes": 10 ** 8}
 
     # reference/1 against official/1 per round: x0.50, x1.00, x0.90 -> the row says x0.90, the median of the
     # same-round ratios, not x0.80, the ratio of the median times (80 / 100 ms), which mixes rounds
     times = [(0.100, 0.050), (0.080, 0.080), (0.200, 0.180)]
-    rounds = peer.rounds_report([{f"{w}/{t}": run(ours if w == "reference" else official, t)
-                                  for w, t in peer.CONTENDERS} for official, ours in times])
-    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "rounds": rounds, "median_s": rounds[0]["median_s"]}
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "peers").mkdir()
-        (Path(tmp) / "peers" / "official_reptile.json").write_text(json.dumps(report))
-        lines = peer_lines(Path(tmp), str)
+    summary = timing.summary({"glibc": [{f"{w}/{t}": run_result(ours if w == "reference" else official, t)
+                                         for w, t in peer.CONTENDERS} for official, ours in times]})
+    report = {"iters": 3, "warmup": 1, "cpu": "cpu", "setting": "Omniglot", "mallocs": summary}
+    (tmp_path / "peers").mkdir()
+    (tmp_path / "peers" / "official_reptile.json").write_text(json.dumps(report))
+    lines = peer_lines(tmp_path, str)
     last = next(line for line in lines if line.startswith("| median of 3 rounds"))
     cells = [c.strip() for c in last.strip("|").split("|")]
-    keys = list(rounds[0]["median_s"])
+    keys = list(summary["glibc"]["median_s"])
     assert cells[1 + keys.index("official/1")] == "100 ms"
     assert cells[1 + keys.index("reference/1")] == "80 ms (×0.90)"

@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.peers.official_reptile import DRIVER, REPO, TF_ENV, PeerError, check_checkout, lay_out_small_split, \
-    parse_last_json, patch_copy, peer_python
+from benchmarks.peers.accuracy_rows import accuracy_rows
+from benchmarks.peers.official_reptile import DRIVER, check_checkout, lay_out_small_split, patch_copy
+from benchmarks.peers.tf_env import ENV_DIR, REPO, TF_ENV, PeerError, parse_last_json, peer_python
 
 SUITE = "peer-official-reptile"
 
@@ -100,42 +100,9 @@ def export_tasks(cell, path: Path) -> Path:
 def rows_for(training, result: dict, versions: str, official_commit: str, threads: int, command: str,
              git: dict, eval_optimizer: str = "trained") -> list[tuple[dict, list[float]]]:
     """One (row, per-task scores in %) per cell of ``training``, in this project's schema."""
-    import hashlib
-
-    from algorithms.evaluation import summarize
-    from benchmarks.records import provenance
-    from benchmarks.records.rows import COLUMNS, SCHEMA_VERSION
-
-    steps = result["step_wall_s"]
-    label = "1 thread" if threads == 1 else f"{threads or 'default'} threads"
-    out = []
-    for cell in training.cells:
-        e = result["evaluations"][cell.cell]
-        scores = [100.0 * c / e["ways"] for c in e["correct"]]
-        summary = summarize(scores, "accuracy", "serial")  # task by task, as the official code scores
-        config = {"implementation": "openai/supervised-reptile", "official_commit": official_commit,
-                  "threads": threads, "eval_optimizer": eval_optimizer, "cell": cell.to_dict(),
-                  "cell_config_hash": cell.config_hash()}
-        config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        row = {
-            "schema_version": SCHEMA_VERSION, "suite": row_suite(cell.suite), "cell": f"official-{cell.cell}" + ("" if eval_optimizer == "trained" else "-fresh-adam"),
-            "algorithm": "reptile",
-            "backend": "official-tf", "dataset": cell.dataset, "split": cell.split, "ways": cell.ways,
-            "shots": cell.shots, "transductive": cell.eval.transductive, "first_order": True,
-            "inner_steps": cell.learner.inner_steps, "eval_inner_steps": cell.eval.inner_steps, "seed": cell.seed,
-            "meta_iterations": cell.meta_iterations, "iterations_run": len(steps),
-            "complete": len(steps) == cell.meta_iterations, "meta_batch": cell.meta_batch, "final_train_loss": None,
-            "training_key": training.key, "training_cells": len(training.cells), "metric": "accuracy",
-            "metric_mean": summary.mean, "metric_ci95": summary.ci95, "eval_tasks": summary.n, "eval_mode": summary.mode,
-            "peak_memory_bytes": result["peak_rss_bytes"], "memory_kind": "cpu_rss", "autograd_saved_bytes": None,
-            "step_time_median_s": statistics.median(steps), "step_time_total_s": sum(steps),
-            "eval_time_s": e["wall_s"], "total_time_s": sum(steps) + e["wall_s"], "parallel_jobs": 1, "world_size": 1,
-            **provenance.provenance("cpu", command, git), "device": f"cpu: {provenance.cpu_model()} ({label})",
-            "backend_info": versions, "config_json": config_json,
-            "config_hash": hashlib.sha256(config_json.encode()).hexdigest()[:12],
-        }
-        out.append(({c: row[c] for c in COLUMNS}, scores))
-    return out
+    suffix = "" if eval_optimizer == "trained" else "-fresh-adam"
+    return accuracy_rows(training, result, "openai/supervised-reptile", official_commit, versions, threads, command,
+                         git, row_suite(training.first.suite), suffix, {"eval_optimizer": eval_optimizer})
 
 
 def run_training(training, python: str, code: Path, data: Path, tmp: Path, threads: int,
@@ -167,7 +134,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile_accuracy",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="a clone of https://github.com/openai/supervised-reptile")
-    ap.add_argument("--env", default=str(REPO / ".venv-official-reptile"), help="the TensorFlow environment to use or make")
+    ap.add_argument("--env", default=str(ENV_DIR), help="the TensorFlow environment to use or make")
     ap.add_argument("--python", default=None, help="an interpreter that already has TensorFlow 2 and tf-keras")
     ap.add_argument("--suite", default="default", help="the suite whose Reptile cells are run (default: default)")
     ap.add_argument("--cells", default="*reptile*", help="which of its cells (glob; default: *reptile*)")

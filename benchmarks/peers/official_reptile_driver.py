@@ -31,6 +31,9 @@ import resource
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from benchmarks.records.mallocs import malloc_in_use  # noqa: E402  (standard library only: fine in the TF env)
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -88,7 +91,8 @@ def main():
                 wall.append(time.perf_counter() - w0)
                 cpu.append(time.process_time() - c0)
     print(json.dumps({"implementation": "official", "tensorflow": tf.__version__, "threads": args.threads,
-                      "wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "wall_s": wall, "cpu_s": cpu, "malloc": malloc_in_use(),
+                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
 class GivenClass:

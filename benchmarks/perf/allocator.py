@@ -3,7 +3,7 @@
     python -m benchmarks.perf.allocator [--rounds 5] [--iters 30] [--eval-tasks 10]
                                         [--json results/profile/allocator_cpu.json]
 
-The default suite's Reptile meta-step (reference backend; ``benchmarks.peers.official_reptile_ours train``:
+The default suite's Reptile meta-step (reference backend; ``benchmarks.peers.ours train``:
 Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, meta-batch 5, task sampling
 included) at 1 thread, in fresh processes that take turns: one with glibc's default allocator settings
 (``REPTILE_BENCH_ALLOCATOR=default``), one with glibc keeping freed memory, and, where the system has
@@ -59,7 +59,7 @@ def one_run(setting: str, iters: int, eval_tasks: int = 0) -> dict:
     evaluation tasks of the default evaluator (the peer command's: 5-way 1-shot, 50 Adam steps on
     minibatches of 5)."""
     env = setting_env(setting)
-    ours = [sys.executable, "-m", "benchmarks.peers.official_reptile_ours"]
+    ours = [sys.executable, "-m", "benchmarks.peers.ours"]
     cmd = (ours + ["eval", "--evaluator", "batched", "--threads", "1", "--tasks", str(eval_tasks), "--repeats", "3"]
            if eval_tasks else
            ours + ["train", "--backend", "reference", "--threads", "1", "--iters", str(iters), "--warmup", "5"])

@@ -1,5 +1,6 @@
-"""Tables about the authors' code (docs/peers.md) and about a meta-step's time (docs/performance.md): same-round
-times against openai/supervised-reptile, and where one Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
+"""Tables about the authors' codes (docs/peers.md) and about a meta-step's time (docs/performance.md): same-round
+times against openai/supervised-reptile and cbfinn/maml (``results/peers/official_maml.json``, from
+``benchmarks.peers.official_maml``), each malloc on both sides, and where one Reptile meta-step's time goes, and what was tried to make it faster. Pure functions of
 ``results/peers/official_reptile.json`` (``benchmarks.peers.official_reptile``), ``results/profile/reptile_cpu.json``
 (``benchmarks.perf.profile_reptile``), ``results/profile/step_variants_cpu.json`` (``benchmarks.perf.step_variants``),
 ``results/profile/allocator_cpu.json`` (``benchmarks.perf.allocator``), ``results/profile/layouts_cpu.json``
@@ -14,14 +15,15 @@ from pathlib import Path
 from benchmarks.reporting.table_format import read_json
 
 LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, reference", "batched": "this project, batched"}
-EVAL_LABELS = {"official": "authors' code (TensorFlow)", "serial": "this project, task by task",
+EVAL_LABELS = {"official": "authors' code (TensorFlow)", "reference": "this project, task by task",
                "batched": "this project, batched (CPU default)"}
+MALLOCS = {"glibc": "glibc's malloc (as it ships) on both sides", "tcmalloc": "tcmalloc preloaded into both sides"}
 
 
-def official_median(results_dir: Path, threads: str = "1") -> float | None:
-    """The authors' code's median time per meta-iteration (the limit benchmark's anchor), if measured."""
-    data = read_json(results_dir / "peers" / "official_reptile.json")
-    return None if data is None else data["median_s"].get(f"official/{threads}")
+def official_median(results_dir: Path, threads: str = "1", peer: str = "official_reptile") -> float | None:
+    """The authors' code's median time per meta-iteration with glibc's malloc (the limit benchmark's), if measured."""
+    data = read_json(results_dir / "peers" / f"{peer}.json")
+    return None if data is None else data["mallocs"]["glibc"]["median_s"].get(f"official/{threads}")
 
 
 def _rounds_table(part: dict, labels: dict) -> list[str]:
@@ -45,25 +47,39 @@ def _rounds_table(part: dict, labels: dict) -> list[str]:
     return lines
 
 
-def peer_lines(results_dir: Path, link) -> list[str]:
-    path = results_dir / "peers" / "official_reptile.json"
+def _by_malloc(part: dict, labels: dict) -> list[str]:
+    out = []
+    for malloc, m in part["mallocs"].items():
+        out += ["", f"{MALLOCS.get(malloc, malloc)}:", "", *_rounds_table(m, labels)]
+    return out
+
+
+def ratios_line(data: dict) -> str:
+    """The medians of the same-round ratios, per malloc: what a claim about beating the authors' code rests on."""
+    parts = []
+    for malloc, m in data["mallocs"].items():
+        r = m["ratio_median"]
+        parts.append(f"{MALLOCS.get(malloc, malloc)}: " + ", ".join(
+            f"{who} ×{r[f'{who}/{t}']:.2f} at {'1 thread' if t == '1' else 'default threads'}"
+            for t in ("1", "0") for who in ("reference", "batched") if f"{who}/{t}" in r))
+    return "Medians of the same-round ratios (this project ÷ the authors' code): " + "; ".join(parts) + "."
+
+
+def peer_lines(results_dir: Path, link, peer: str = "official_reptile") -> list[str]:
+    """Same-round timing tables of ``results/peers/<peer>.json``, one per malloc setting (both sides alike)."""
+    path = results_dir / "peers" / f"{peer}.json"
     data = read_json(path)
     if data is None:
         return []
-    malloc = data.get("malloc")  # recorded since the processes may preload a malloc; glibc's before
-    said = (f"malloc: the authors' code {malloc['official']}, this project {malloc['this project']}; " if malloc
-            else "")
-    out = [f"Per meta-iteration (Omniglot-small 5-way, 10 shots, 5 inner Adam steps on minibatches of 10, "
-           f"meta-batch 5, task sampling included; medians of {data['iters']} iterations after {data['warmup']}; "
-           f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; {said}× = ratio to the authors' "
-           f"code in the same round, and the median of those ratios in the last row; {link(path)}):", "",
-           *_rounds_table(data, LABELS)]
+    out = [f"Per meta-iteration ({data['setting']}; medians of {data['iters']} iterations after {data['warmup']}; "
+           f"1 thread: process CPU time, default threads: wall time; {data['cpu']}; × = ratio to the authors' code in "
+           f"the same round, and the median of those ratios in the last row; {link(path)}):",
+           *_by_malloc(data, LABELS), "", ratios_line(data)]
     if "eval" in data:
         e = data["eval"]
-        out += ["", f"Per evaluation task ({e['setting']}; the authors' `Reptile.evaluate` against this project's "
-                f"evaluator task by task and batched; median of {e['repeats']} repeats of {e['tasks']} tasks; same "
+        out += ["", f"Per evaluation task ({e['setting']}; median of {e['repeats']} repeats of {e['tasks']} tasks; same "
                 "clocks; × = ratio to the authors' code in the same round, and the median of those ratios in the last "
-                "row):", "", *_rounds_table(e, EVAL_LABELS)]
+                "row):", *_by_malloc(e, EVAL_LABELS), "", ratios_line(e)]
     return out
 
 

@@ -8,7 +8,10 @@ Sources (all under ``results/``):
 - ``limits/cpu.json`` (``python -m benchmarks.perf.limits``): median time of one second-order meta-step
   at 5 inner steps (maml-5), and its ratio to the forward/backward floor measured in the same run;
 - the scaling sweep's rows (``scaling-<backend>-maml-k*``): autograd-held bytes and peak memory at K = 5 and
-  20, growth of the autograd bytes per inner step, and the library version the rows recorded.
+  20, growth of the autograd bytes per inner step, and the library version the rows recorded;
+- ``peers/official_maml.json`` (``make peer-official-maml``): the authors' own code, cbfinn/maml, patched for
+  TensorFlow 2, timed at the same setting (maml-5) in rounds beside this project's reference; its network is its own
+  (no learned batch-norm scale, a head over spatially averaged features), so no gradient of it is compared.
 """
 from __future__ import annotations
 
@@ -74,9 +77,22 @@ def lines(results_dir: Path, rows: pd.DataFrame) -> list[str]:
             "—" if g.empty else fmt_bytes(0.0 if abs(slope) < 1 else slope) if slope == slope else "— (refuses the hooks)",
             *[f"{fmt_bytes(at[k].peak_memory_bytes.median())}" if len(at[k]) else "—" for k in (5, 20)],
             INSTALL[backend]])
+    official = read_json(results_dir / "peers" / "official_maml.json")
+    if official:
+        glibc = official["mallocs"]["glibc"]
+        t, ratio = glibc["median_s"]["official/1"], glibc["ratio_median"]["reference/1"]
+        body.append(["cbfinn/maml (TF compat)", official["versions"]["official"], "— (another network)",
+                     "— (another network)", f"{t * 1e3:.0f} ms (reference ×{ratio:.2f} of it, same rounds)", "—",
+                     "—", "—", "—", fmt_bytes(glibc["peak_rss_bytes"]["official/1"]), "—",
+                     "its own TensorFlow environment (`make setup-peers`); `make peer-official-maml` applies "
+                     "`benchmarks/peers/official_maml.patch` (tf.compat.v1; tf.contrib's batch norm, Glorot "
+                     "initialiser and accuracy rewritten with their semantics)"])
     note = (f"Second-order MAML, float64 errors from `results/backends/correctness.json` "
             f"({correct.get('device', '?')}); time from `results/limits/cpu.json` "
             f"({limits.get('device', '?')}, {limits.get('clock', '?')}); memory from the scaling sweep's rows "
             "(peak memory: the cell process's peak RSS on CPU). The finite-difference error is that of a central "
-            "difference (eps = 1e-7), the floor of what it can resolve. * vmap's batch-norm rule is wrong here.")
+            "difference (eps = 1e-7), the floor of what it can resolve. * vmap's batch-norm rule is wrong here."
+            + (" cbfinn/maml: `results/peers/official_maml.json` (process CPU time at 1 thread, glibc's malloc on both "
+               "sides, medians of the rounds; its peak memory is its TensorFlow process's peak RSS); the ratio is "
+               "this project's reference ÷ the authors' code, per round, its median." if official else ""))
     return table_markdown(header, body).splitlines() + ["", note]

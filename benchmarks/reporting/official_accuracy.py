@@ -1,5 +1,6 @@
-"""The table of accuracy against the authors' code (docs/peers.md): each ``official-tf`` row of
-``benchmarks.peers.official_reptile_accuracy`` beside this project's row of the same cell, paired task by task.
+"""The tables of accuracy against the authors' codes (docs/peers.md): each ``official-tf`` row of
+``benchmarks.peers.official_reptile_accuracy`` (openai/supervised-reptile) or ``benchmarks.peers.official_maml``
+(cbfinn/maml) beside this project's row of the same cell, paired task by task; one table per code.
 
 The official rows score this project's evaluation tasks, so the comparison is paired (``reporting.paired``):
 mean of d_i = authors'(task i) − ours(task i) ± 1.96 · std(d) / √n, a tie unless that interval excludes 0.
@@ -20,6 +21,7 @@ from benchmarks.reporting.paired import combine, paired, row_scores, verdict
 from benchmarks.reporting.table_format import fmt_pm, table_markdown
 
 BACKEND = "official-tf"
+REPTILE, MAML = "openai/supervised-reptile", "cbfinn/maml"
 IGNORED = ("device", "eval.mode")
 """Config fields that may differ between the two rows: where it ran, and whether the evaluator batched tasks."""
 
@@ -55,14 +57,36 @@ def _side(rs) -> str:
     return text + (")" if len(rs) == 1 else f"; seeds {', '.join(f'{r.metric_mean:.2f}' for r in rs)})")
 
 
-def lines(rows: pd.DataFrame, link) -> list[str]:
-    """The table's Markdown lines (with its legend), or [] without official accuracy rows.
+def _legend(implementation: str, first, cfg: dict, sources: str) -> str:
+    common = (f"and scored on this project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task "
+              f"by task; with several training seeds, each seed's paired difference and each side's accuracy are "
+              f"combined as the tables combine seeds (mean ± 1.96·sqrt(s²/S + mean(se_i²)): the seed's variance "
+              f"counts); {first.backend_info}; the time per meta-iteration is the first seed's rows' own (wall "
+              f"clock, not the same round: the timing rounds compare speed); {sources}:")
+    lr, ev = cfg["learner"], cfg["eval"]
+    if implementation == MAML:
+        return (f"Accuracy on the same tasks (`make peer-official-maml`): the authors' code trained on the very "
+                f"training tasks this project's learner trained on ({cfg['meta_iterations']} meta-iterations of "
+                f"{cfg['meta_batch']} tasks, {lr['inner_steps']} inner SGD step(s) of {lr['inner_lr']} on the support "
+                f"set, {cfg['train_query']} query image(s) per class; first- and second-order), then fine-tuned "
+                f"{ev['inner_steps']} SGD steps of {ev['inner_lr']} per evaluation task, its {ev['query']} query "
+                f"image(s) per class predicted in one batch, " + common)
+    return (f"Accuracy at the same budget (`make peer-official-reptile-accuracy`): the authors' code trained with "
+            f"the suite's Reptile settings ({cfg['meta_iterations']} meta-iterations, meta-batch "
+            f"{cfg['meta_batch']}, {lr['inner_steps']} inner Adam steps on minibatches of "
+            f"{lr['inner_batch']}, {cfg['train_shots']} training shots; fine-tuned "
+            f"{ev['inner_steps']} steps on minibatches of {ev['inner_batch']}) " + common)
+
+
+def lines(rows: pd.DataFrame, link, implementation: str = REPTILE) -> list[str]:
+    """The table of ``implementation``'s rows (with its legend), or [] without any.
 
     One line per (suite, cell, how the authors' code evaluated), its seeds combined (``combine``).
     """
     if rows.empty:
         return []
     official = rows[(rows.backend == BACKEND) & (rows.metric == "accuracy")]
+    official = official[[json.loads(c).get("implementation", REPTILE) == implementation for c in official.config_json]]
     if official.empty:
         return []
     header = ["Suite", "Setting", "Seeds", "This project (reference backend)", "Authors' code (TensorFlow)",
@@ -75,13 +99,13 @@ def lines(rows: pd.DataFrame, link) -> list[str]:
     body, cache, files = [], {}, set()
     for (suite, _, _, _, how), members in sorted(groups.items()):
         o = members[0]
-        setting = (f"{o.dataset}/{o.split} {o.ways}-way {o.shots}-shot, "
+        setting = (f"{o.algorithm}, {o.dataset}/{o.split} {o.ways}-way {o.shots}-shot, "
                    f"{'transductive' if o.transductive == True else 'non-transductive'}")  # noqa: E712
         seeds = ", ".join(str(m.seed) for m in members)
         pairs = [(m, *_pair(m, rows, cache)) for m in members]
         files.update(m.rows_file for m in members)
-        theirs = _side(members) + ("; Adam reset per task, as ours" if how == "fresh"
-                                   else "; as released: fine-tunes from the training Adam's moments")
+        theirs = _side(members) + ("" if implementation != REPTILE else "; Adam reset per task, as ours"
+                                   if how == "fresh" else "; as released: fine-tunes from the training Adam's moments")
         problems = [p[4] for p in pairs if p[4]]
         if problems:
             body.append([suite, setting, seeds, problems[0], theirs, "—", "—", "—"])
@@ -99,13 +123,4 @@ def lines(rows: pd.DataFrame, link) -> list[str]:
     first = official.iloc[0]
     cfg = json.loads(first.config_json)["cell"]
     sources = ", ".join(link(Path(f)) for f in sorted(files))
-    return [f"Accuracy at the same budget (`make peer-official-reptile-accuracy`): the authors' code trained with "
-            f"the suite's Reptile settings ({cfg['meta_iterations']} meta-iterations, meta-batch "
-            f"{cfg['meta_batch']}, {cfg['learner']['inner_steps']} inner Adam steps on minibatches of "
-            f"{cfg['learner']['inner_batch']}, {cfg['train_shots']} training shots; fine-tuned "
-            f"{cfg['eval']['inner_steps']} steps on minibatches of {cfg['eval']['inner_batch']}) and scored on this "
-            f"project's {int(first.eval_tasks)} evaluation tasks, so each pair is compared task by task; with "
-            f"several training seeds, each seed's paired difference and each side's accuracy are combined as the "
-            f"tables combine seeds (mean ± 1.96·sqrt(s²/S + mean(se_i²)): the seed's variance counts); "
-            f"{first.backend_info}; the time per meta-iteration is the first seed's rows' own (wall clock, not the "
-            f"same round: the rounds above compare speed); {sources}:", "", table_markdown(header, body).rstrip("\n")]
+    return [_legend(implementation, first, cfg, sources), "", table_markdown(header, body).rstrip("\n")]

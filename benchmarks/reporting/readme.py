@@ -107,15 +107,21 @@ def performance_block(document: Path, results_dir: Path) -> list[str]:
     return out or [f"_No performance results yet: run `make perf` (then `{COMMAND}`)._"]
 
 
+PEERS = [("openai/supervised-reptile (TF compat)", "official_reptile", official_accuracy.REPTILE),
+         ("cbfinn/maml (TF compat)", "official_maml", official_accuracy.MAML)]
+"""(title, timing JSON under results/peers, implementation its accuracy rows name) of every authors' code."""
+
+
 def peers_block(document: Path, results_dir: Path) -> list[str]:
-    """docs/peers.md's: the authors' code timed round by round and scored on our tasks."""
+    """docs/peers.md's: each authors' code timed round by round (each malloc on both sides) and scored on our tasks."""
     to = lambda p: link(p, document)  # noqa: E731
-    peers = against_official.peer_lines(results_dir, to)
-    rows = _rows(results_dir)
-    accuracy = official_accuracy.lines(rows, to) if rows is not None else []
-    if not (peers or accuracy):
-        return ["_No peer results yet: run `make peer-official-reptile` (see above)._"]
-    return [*peers, *([""] if peers and accuracy else []), *accuracy]
+    rows, out = _rows(results_dir), []
+    for title, peer, implementation in PEERS:
+        timing = against_official.peer_lines(results_dir, to, peer)
+        accuracy = official_accuracy.lines(rows, to, implementation) if rows is not None else []
+        if timing or accuracy:
+            out += [f"#### {title}", "", *timing, *([""] if timing and accuracy else []), *accuracy, ""]
+    return out or ["_No peer results yet: run `make peer-official-reptile` or `make peer-official-maml` (see above)._"]
 
 
 BLOCKS: dict[str, Callable[[Path, Path], list[str]]] = {

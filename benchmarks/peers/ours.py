@@ -1,11 +1,15 @@
-"""This project's side of the peer timing (``benchmarks.peers.official_reptile``): one run, one JSON line.
+"""This project's side of the peer timings (``benchmarks.peers.official_reptile``, ``official_maml``): one run,
+one JSON line.
 
-    python -m benchmarks.peers.official_reptile_ours train --backend reference|batched [--threads T] [--iters 60]
-    python -m benchmarks.peers.official_reptile_ours eval --evaluator serial|batched [--threads T] [--tasks 20]
+    python -m benchmarks.peers.ours train --backend reference|batched [--preset reptile] [--threads T] [--iters 60]
+    python -m benchmarks.peers.ours train --backend reference|batched --preset maml-5
+    python -m benchmarks.peers.ours eval --evaluator serial|batched [--threads T] [--tasks 20]
 
-``train``: Reptile meta-iterations at the authors' Omniglot 5-way settings (10 shots, 5 inner Adam steps of lr
-0.001, beta1 = 0, minibatches of 10, meta-batch 5), task sampling included, after ``--warmup`` iterations;
-per-iteration wall and process-CPU seconds. ``eval``: the evaluator fine-tuning evaluation tasks as the authors'
+``train``: meta-iterations of one ``PRESETS`` setting on Omniglot-small 5-way, task sampling included, after
+``--warmup`` iterations; per-iteration wall and process-CPU seconds. ``reptile``: the authors' Omniglot settings
+(10 shots, 5 inner Adam steps of lr 0.001, beta1 = 0, minibatches of 10, meta-batch 5). ``maml-5``: second-order
+MAML as the limit benchmark and the "MAML implementations compared" table time it (5 shots, 15 query images per
+class, 5 inner SGD steps of 0.1, outer Adam lr 0.001, meta-batch 5). ``eval``: the evaluator fine-tuning evaluation tasks as the authors'
 ``Reptile.evaluate`` does (5-way 1-shot, 50 Adam steps of lr 0.001 on minibatches of 5, one query image per
 class predicted alone beside the support set, task sampling included), serial (task by task) or batched (the
 default suite's evaluator on CPU); ``--repeats`` times ``--tasks`` tasks, after one warm-up task, as seconds per
@@ -21,6 +25,7 @@ import time
 
 import torch
 
+from benchmarks.records.mallocs import malloc_in_use
 from benchmarks.running.allocator import keep_freed_memory
 
 
@@ -32,29 +37,38 @@ def _process_setup(threads: int) -> str:
     return allocator
 
 
-def train(backend: str, threads: int, iters: int, warmup: int) -> dict:
-    """Per-iteration wall and process-CPU seconds of this project's Reptile meta-step."""
+PRESETS = {  # name -> (meta-batch, shots, query per class, MetaConfig fields)
+    "reptile": (5, 10, 0, dict(algorithm="reptile", inner_steps=5, inner_lr=0.001, inner_optimizer="adam",
+                               adam_beta1=0.0, inner_batch=10, meta_lr=1.0, meta_lr_final=0.0)),
+    "maml-5": (5, 5, 15, dict(algorithm="maml", inner_steps=5, inner_lr=0.1, inner_optimizer="sgd", meta_lr=0.001)),
+}
+
+
+def train(backend: str, threads: int, iters: int, warmup: int, preset: str = "reptile") -> dict:
+    """Per-iteration wall and process-CPU seconds of this project's meta-step at ``PRESETS[preset]``."""
     from algorithms import MetaConfig, build_learner, build_model
     from datasets import load_pool
 
     allocator = _process_setup(threads)
     pool = load_pool("omniglot", "small", "train")
     torch.manual_seed(0)
-    config = MetaConfig(algorithm="reptile", backend=backend, inner_steps=5, inner_lr=0.001, inner_optimizer="adam",
-                        adam_beta1=0.0, inner_batch=10, meta_lr=1.0, meta_lr_final=0.0,
-                        persist_inner_state=backend == "reference")
+    mb, train_shots, query, fields = PRESETS[preset]
+    # Reptile's reference backend keeps its inner Adam's state across tasks, as the authors' code does.
+    persist = {"persist_inner_state": backend == "reference"} if fields["algorithm"] == "reptile" else {}
+    config = MetaConfig(backend=backend, **fields, **persist)
     learner = build_learner(config, build_model("omniglot", 5), 100_000, seed=0)
     wall, cpu = [], []
     for i in range(warmup + iters):
         if i == warmup:
             faults = _minor_faults()
         w0, c0 = time.perf_counter(), time.process_time()
-        learner.meta_step(pool.sample_batch(5, 10, 0, seed=0, indices=range(5 * i, 5 * i + 5)))
+        learner.meta_step(pool.sample_batch(5, train_shots, query, seed=0, indices=range(mb * i, mb * i + mb)))
         if i >= warmup:
             wall.append(time.perf_counter() - w0)
             cpu.append(time.process_time() - c0)
     return {"implementation": backend, "torch": torch.__version__, "threads": threads, "wall_s": wall, "cpu_s": cpu,
             "minor_faults_per_iteration": (_minor_faults() - faults) / iters, "allocator": allocator,
+            "malloc": malloc_in_use(),
             "backend_info": learner.backend_info(),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -87,14 +101,16 @@ def evaluation(evaluator: str, threads: int, tasks: int, repeats: int) -> dict:
         wall.append((time.perf_counter() - w0) / tasks)
         cpu.append((time.process_time() - c0) / tasks)
     return {"implementation": evaluator, "torch": torch.__version__, "threads": threads, "wall_s": wall, "cpu_s": cpu,
-            "allocator": allocator, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "allocator": allocator, "malloc": malloc_in_use(),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile_ours", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.ours", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     t = sub.add_parser("train")
     t.add_argument("--backend", required=True, choices=["reference", "batched"])
+    t.add_argument("--preset", default="reptile", choices=list(PRESETS))
     t.add_argument("--iters", type=int, default=60)
     t.add_argument("--warmup", type=int, default=10)
     e = sub.add_parser("eval")
@@ -107,7 +123,7 @@ def main(argv=None) -> int:
     if a.what == "train":
         if a.iters < 1 or a.warmup < 0:
             ap.error("--iters must be >= 1 and --warmup >= 0")
-        print(json.dumps(train(a.backend, a.threads, a.iters, a.warmup)))
+        print(json.dumps(train(a.backend, a.threads, a.iters, a.warmup, a.preset)))
     else:
         if a.tasks < 2 or a.repeats < 1:
             ap.error("--tasks must be >= 2 and --repeats >= 1")
