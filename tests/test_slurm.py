@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from _suites import sine_defaults
 from benchmarks.records.rows import read_rows
 from benchmarks.running.cluster_status import slurm_states
 
@@ -33,19 +34,7 @@ COMPARED = ["cell", "iterations_run", "complete", "metric_mean", "metric_ci95", 
 
 def suite_text(groups: dict[str, tuple[str, int]], meta_batch: int = 2) -> str:
     """A sine suite: one cell per group name, {name: (algorithm, meta-iterations)}."""
-    head = f"""
-[defaults]
-dataset = "sine"
-split = "maml"
-ways = 1
-shots = 5
-train_query = 5
-meta_batch = {meta_batch}
-checkpoint_every = 5
-eval = {{ num_tasks = 20, query = 20, inner_steps = 3, inner_optimizer = "sgd", inner_lr = 0.01, inner_batch = 0, seed = 100 }}
-learner = {{ inner_steps = 1, inner_lr = 0.01, inner_optimizer = "sgd", meta_lr = 0.01, persist_inner_state = false }}
-"""
-    return head + "".join(f'\n[[group]]\nname = "{name}"\nalgorithms = ["{alg}"]\nmeta_iterations = {its}\n'
+    return sine_defaults(meta_batch, ", persist_inner_state = false") + "".join(f'\n[[group]]\nname = "{name}"\nalgorithms = ["{alg}"]\nmeta_iterations = {its}\n'
                           for name, (alg, its) in groups.items())
 
 

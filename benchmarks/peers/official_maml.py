@@ -38,7 +38,7 @@ from pathlib import Path
 
 from benchmarks.peers import timing
 from benchmarks.peers.accuracy_rows import accuracy_rows
-from benchmarks.peers.tf_env import ENV_DIR, REPO, TF_ENV, PeerError, parse_last_json, peer_python
+from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, parse_last_json, peer_python
 
 DRIVER = Path(__file__).resolve().parent / "official_maml_driver.py"
 PATCH = Path(__file__).resolve().parent / "official_maml.patch"
@@ -192,8 +192,7 @@ def timing_command(args, python: str, code: Path, tmp: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_maml", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="a clone of https://github.com/cbfinn/maml")
-    ap.add_argument("--env", default=str(ENV_DIR), help="the TensorFlow environment to use or make")
-    ap.add_argument("--python", default=None, help="an interpreter that already has TensorFlow 2 and tf-keras")
+    add_env_arguments(ap)
     ap.add_argument("--suite", default="maml-official", help="the suite whose MAML cells are run (run it first: ours)")
     ap.add_argument("--cells", default="*", help="which of its cells (glob; default: all)")
     ap.add_argument("--threads", type=int, default=1, help="TensorFlow threads of the accuracy runs (0: its default)")

@@ -40,7 +40,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.peers import timing
-from benchmarks.peers.tf_env import ENV_DIR, REPO, PeerError, peer_python
+from benchmarks.peers.tf_env import REPO, PeerError, add_env_arguments, peer_python
 from benchmarks.peers.timing import CONTENDERS
 
 DRIVER = Path(__file__).resolve().parent / "official_reptile_driver.py"
@@ -176,8 +176,7 @@ def rows_for(report: dict, git: dict, command: str) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="a clone of https://github.com/openai/supervised-reptile")
-    ap.add_argument("--env", default=str(ENV_DIR), help="the TensorFlow environment to use or make")
-    ap.add_argument("--python", default=None, help="an interpreter that already has TensorFlow 2 and tf-keras")
+    add_env_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=60, help="timed meta-iterations per run (after --warmup)")
     ap.add_argument("--warmup", type=int, default=10)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.peers.accuracy_rows import accuracy_rows
 from benchmarks.peers.official_reptile import DRIVER, check_checkout, lay_out_small_split, patch_copy
-from benchmarks.peers.tf_env import ENV_DIR, REPO, TF_ENV, PeerError, parse_last_json, peer_python
+from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, parse_last_json, peer_python
 
 SUITE = "peer-official-reptile"
 
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peers.official_reptile_accuracy",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="a clone of https://github.com/openai/supervised-reptile")
-    ap.add_argument("--env", default=str(ENV_DIR), help="the TensorFlow environment to use or make")
-    ap.add_argument("--python", default=None, help="an interpreter that already has TensorFlow 2 and tf-keras")
+    add_env_arguments(ap)
     ap.add_argument("--suite", default="default", help="the suite whose Reptile cells are run (default: default)")
     ap.add_argument("--cells", default="*reptile*", help="which of its cells (glob; default: *reptile*)")
     ap.add_argument("--threads", type=int, default=1, help="TensorFlow threads (0: its default; default 1)")

@@ -49,6 +49,12 @@ def peer_python(env: Path = ENV_DIR, python: str | None = None) -> str:
     return python
 
 
+def add_env_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--env`` and ``--python``, as every peer command takes them."""
+    ap.add_argument("--env", default=str(ENV_DIR), help="the TensorFlow environment to use or make")
+    ap.add_argument("--python", default=None, help="an interpreter that already has TensorFlow 2 and tf-keras")
+
+
 def parse_last_json(stdout: str) -> dict:
     """The JSON object a run printed last (TensorFlow may print other lines before it)."""
     for line in reversed(stdout.strip().splitlines()):
