@@ -120,11 +120,11 @@ def test_cells_the_official_code_cannot_run_are_refused_before_anything_runs(tmp
     (tmp_path / "tiny.toml").write_text(TINY)
     cell = load_suite(str(tmp_path / "tiny.toml"))[0]
     assert peer.official_settings(cell)["test_num_updates"] == 10
-    bad = [replace(cell, eval=replace(cell.eval, transductive=False)),
+    bad = [replace(cell, dataset="sine"), replace(cell, eval=replace(cell.eval, transductive=False)),
            replace(cell, eval=replace(cell.eval, inner_lr=0.1)),
            replace(cell, learner=replace(cell.learner, inner_optimizer="adam")),
            replace(cell, train_query=3), replace(cell, eval=replace(cell.eval, inner_steps=11))]
-    for c, why in zip(bad, ["non-transductive", "fine-tuning other than SGD of the training's step size",
+    for c, why in zip(bad, ["dataset sine", "non-transductive", "fine-tuning other than SGD of the training's step size",
                             "inner optimiser adam", "train_query = 3", "eval.inner_steps = 11"]):
         with pytest.raises(PeerError, match=why):
             peer.official_settings(c)
