@@ -67,10 +67,10 @@ def _legend(implementation: str, first, cfg: dict, sources: str) -> str:
     if implementation == MAML:
         return (f"Accuracy on the same tasks (`make peer-official-maml`): the authors' code trained on the very "
                 f"training tasks this project's learner trained on ({cfg['meta_iterations']} meta-iterations of "
-                f"{cfg['meta_batch']} tasks, {lr['inner_steps']} inner SGD step(s) of {lr['inner_lr']} on the support "
-                f"set, {cfg['train_query']} query image(s) per class; first- and second-order), then fine-tuned "
-                f"{ev['inner_steps']} SGD steps of {ev['inner_lr']} per evaluation task, its {ev['query']} query "
-                f"image(s) per class predicted in one batch, " + common)
+                f"{cfg['meta_batch']} tasks, {lr['inner_steps']} inner SGD step(s) on the support set, as many query "
+                f"images per class as shots; the step size is each cell's, applied by each code to its own loss), then "
+                f"fine-tuned {ev['inner_steps']} SGD steps per evaluation task, as many query images per class as "
+                f"shots predicted in one batch, " + common)
     return (f"Accuracy at the same budget (`make peer-official-reptile-accuracy`): the authors' code trained with "
             f"the suite's Reptile settings ({cfg['meta_iterations']} meta-iterations, meta-batch "
             f"{cfg['meta_batch']}, {lr['inner_steps']} inner Adam steps on minibatches of "
