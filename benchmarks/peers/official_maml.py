@@ -245,10 +245,7 @@ def main(argv=None) -> int:
             if settings:
                 print(f"timing at {TIMED} ({args.rounds} rounds; mallocs, each on both sides: {', '.join(settings)})")
                 rounds = timing.measure(args.rounds, settings, timing_command(args, python, code, tmp), "training")
-    except PeerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:  # a suite or data problem: one line, no traceback
+    except (PeerError, ValueError, FileNotFoundError) as e:  # and a suite or data problem: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if settings:
