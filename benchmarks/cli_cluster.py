@@ -99,12 +99,11 @@ def run_on_cluster(args, trainings: list[Training], out: Path, git_state: dict, 
     slurm = cluster_settings(args)
     command = provenance.command_line(["-m", "benchmarks.cli", *args.argv])
     suite = suite_name(args.suite)
-    registry = cluster_status.registry(out / suite / "submitit") if trainings else {}
-    done = cluster_status.finished_hashes(out, suite) if trainings else set()
-    running = [t for t in trainings if cluster_status.status(t, out, registry.get(t.key), done)[0] == "running"]
+    current = cluster_status.statuses(trainings, out)  # one sacct call for them all
+    running = [t for t in trainings if current[t.key][0] == "running"]
     todo = [t for t in trainings if t not in running]
     for t in running:
-        print(f"still running, not resubmitted: {t.name} (job {registry.get(t.key, {}).get('job_id', '?')})")
+        print(f"still running, not resubmitted: {t.name} ({current[t.key][1]})")
 
     def job_for(t: Training):
         return cluster.TrainingJob([c.to_dict() for c in t.cells], str(out), args.wandb, command, git_state,

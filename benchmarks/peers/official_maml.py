@@ -40,16 +40,16 @@ from pathlib import Path
 
 from benchmarks.peers import timing
 from benchmarks.peers.accuracy_rows import accuracy_rows
-from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, parse_last_json, peer_python
+from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, checkout_commit, parse_last_json, \
+    peer_python
 
 DRIVER = Path(__file__).resolve().parent / "official_maml_driver.py"
 PATCH = Path(__file__).resolve().parent / "official_maml.patch"
 FILES = ["main.py", "maml.py", "utils.py", "data_generator.py", "special_grads.py"]
 SUITE = "peer-official-maml"
 NAME = "cbfinn/maml"
-TIMED = {"ways": 5, "shots": 5, "query": 15, "inner_lr": 0.1, "inner_steps": 5, "meta_batch": 5, "meta_lr": 0.001,
-         "first_order": False}
-"""The timed setting, ``ours.PRESETS["maml-5"]`` in the official code's terms."""
+TIMED_PRESET = "maml-5"
+"""The setting the timing rounds run: ``ours.PRESETS[TIMED_PRESET]``, the "MAML implementations compared" table's."""
 
 
 def git_apply(folder: Path, check: bool = False) -> subprocess.CompletedProcess:
@@ -167,20 +167,30 @@ def run_cell(cell, python: str, code: Path, tmp: Path, threads: int) -> dict:
     return {**result, "step_wall_s": result["wall_s"]}
 
 
-def timing_command(args, python: str, code: Path, tmp: Path):
-    """``(who, threads) -> command`` of one timing run at ``TIMED`` (``ours.PRESETS["maml-5"]``)."""
+def timed_setting() -> dict:
+    """``ours.PRESETS[TIMED_PRESET]`` (what this project's side of a round runs) in the official code's terms."""
+    from benchmarks.peers.ours import PRESETS
+
+    meta_batch, shots, query, fields = PRESETS[TIMED_PRESET]
+    return {"ways": 5, "shots": shots, "query": query, "inner_lr": fields["inner_lr"],
+            "inner_steps": fields["inner_steps"], "meta_batch": meta_batch, "meta_lr": fields["meta_lr"],
+            "first_order": fields["algorithm"] == "fomaml"}
+
+
+def timing_command(args, python: str, code: Path, tmp: Path, timed: dict):
+    """``(who, threads) -> command`` of one timing run at ``timed`` (``timed_setting()``)."""
     from datasets import load_pool
 
     pool = load_pool("omniglot", "small", "train")
     n = args.warmup + args.iters
-    settings = {**TIMED, "mode": "time", "seed": 0, "iters": args.iters, "warmup": args.warmup, "meta_iterations": n,
-                "test_num_updates": TIMED["inner_steps"], "train_pool": str(export_pool(pool, tmp / "train_pool.npy")),
-                "train_draws": str(export_draws(pool, TIMED["ways"], TIMED["shots"] + TIMED["query"], 0,
-                                                range(n * TIMED["meta_batch"]), tmp / "timed.npy",
-                                                (n, TIMED["meta_batch"])))}
+    settings = {**timed, "mode": "time", "seed": 0, "iters": args.iters, "warmup": args.warmup, "meta_iterations": n,
+                "test_num_updates": timed["inner_steps"], "train_pool": str(export_pool(pool, tmp / "train_pool.npy")),
+                "train_draws": str(export_draws(pool, timed["ways"], timed["shots"] + timed["query"], 0,
+                                                range(n * timed["meta_batch"]), tmp / "timed.npy",
+                                                (n, timed["meta_batch"])))}
     path = tmp / "timed.json"
     path.write_text(json.dumps(settings))
-    ours = [sys.executable, "-m", "benchmarks.peers.ours", "train", "--preset", "maml-5"]
+    ours = [sys.executable, "-m", "benchmarks.peers.ours", "train", "--preset", TIMED_PRESET]
 
     def cmd(who: str, threads: int) -> list[str]:
         if who == "official":
@@ -226,8 +236,7 @@ def main(argv=None) -> int:
         settings = [] if args.no_timing else timing.malloc_settings()
         checkout = Path(args.checkout).expanduser().resolve()
         check_checkout(checkout)
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or "unknown"
+        commit = checkout_commit(checkout)
         command, git = provenance.command_line(), provenance.git_state(exclude=out)
         with tempfile.TemporaryDirectory(prefix="official-maml-") as tmp:
             tmp = Path(tmp)
@@ -243,15 +252,17 @@ def main(argv=None) -> int:
                     print(f"  {row['cell']}: {row['metric_mean']:.2f} ± {row['metric_ci95']:.2f} % "
                           f"({row['eval_tasks']} tasks)", flush=True)
             if settings:
-                print(f"timing at {TIMED} ({args.rounds} rounds; mallocs, each on both sides: {', '.join(settings)})")
-                rounds = timing.measure(args.rounds, settings, timing_command(args, python, code, tmp), "training")
+                timed = timed_setting()
+                print(f"timing at {timed} ({args.rounds} rounds; mallocs, each on both sides: {', '.join(settings)})")
+                rounds = timing.measure(args.rounds, settings, timing_command(args, python, code, tmp, timed),
+                                        "training")
     except (PeerError, ValueError, FileNotFoundError) as e:  # and a suite or data problem: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     if settings:
         first = rounds[settings[0]][0]
         report = {"command": command, **provenance.git_state(exclude=out), "cpu": provenance.cpu_model(),
-                  "iters": args.iters, "warmup": args.warmup, "clock": timing.CLOCKS, "timed": TIMED,
+                  "iters": args.iters, "warmup": args.warmup, "clock": timing.CLOCKS, "timed": timed,
                   "setting": "second-order MAML, Omniglot-small 5-way 5-shot, 15 query images per class, 5 inner SGD "
                              "steps of 0.1, meta-batch 5, task sampling included (this project's) or feeding "
                              "included (the authors'); the official graph unrolled for those 5 steps",

@@ -34,13 +34,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.peers import timing
-from benchmarks.peers.tf_env import REPO, PeerError, add_env_arguments, peer_python
+from benchmarks.peers.tf_env import REPO, PeerError, add_env_arguments, checkout_commit, peer_python
 from benchmarks.peers.timing import CONTENDERS
 
 DRIVER = Path(__file__).resolve().parent / "official_reptile_driver.py"
@@ -212,13 +211,13 @@ def main(argv=None) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     first = train[settings[0]][0]
-    commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = checkout_commit(checkout)
     report = {
         "command": provenance.command_line(), **provenance.git_state(exclude=Path(args.out)),
         "cpu": provenance.cpu_model(), "iters": args.iters, "warmup": args.warmup, "clock": timing.CLOCKS,
-        "setting": SETTING, "official_commit": commit.stdout.strip() or "unknown",
+        "setting": SETTING, "official_commit": commit,
         "versions": {"official": f"tensorflow {first['official/1'].get('tensorflow')} (compat.v1 graph), "
-                                 f"openai/supervised-reptile {commit.stdout.strip() or '?'}",
+                                 f"openai/supervised-reptile {commit}",
                      "reference": f"torch {first['reference/1'].get('torch')}, this project (reference)",
                      "batched": f"torch {first['batched/1'].get('torch')}, this project (batched)"},
         "mallocs": timing.summary(train),

@@ -35,7 +35,8 @@ from pathlib import Path
 
 from benchmarks.peers.accuracy_rows import accuracy_rows
 from benchmarks.peers.official_reptile import DRIVER, check_checkout, lay_out_small_split, patch_copy
-from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, parse_last_json, peer_python
+from benchmarks.peers.tf_env import REPO, TF_ENV, PeerError, add_env_arguments, checkout_commit, parse_last_json, \
+    peer_python
 
 SUITE = "peer-official-reptile"
 
@@ -160,8 +161,7 @@ def main(argv=None) -> int:
             official_settings(t)  # refuse before anything slow runs
         checkout = Path(args.checkout).expanduser().resolve()
         check_checkout(checkout)
-        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or "unknown"
+        commit = checkout_commit(checkout)
         command, git = provenance.command_line(), provenance.git_state(exclude=Path(args.out))
         written = []
         with tempfile.TemporaryDirectory(prefix="official-reptile-accuracy-") as tmp:

@@ -7,8 +7,8 @@ The authors' Reptile (openai/supervised-reptile) and MAML (cbfinn/maml) are Tens
 ``tensorflow.compat.v1`` they run on TensorFlow 2.21 with tf-keras (``tf.layers`` needs Keras 2). The environment
 is a venv of its own (default ``.venv-official``, git-ignored): never the project's, never made by ``make setup``
 or CI. Both peer commands make it on first use, or take ``--python`` for an interpreter that already has it.
-Also here: what every peer harness shares (its error type, the JSON its drivers print last, the malloc each
-side's processes run with).
+Also here: what every peer harness shares (its error type, its ``--env``/``--python`` options, the JSON its
+drivers print last, the commit of the checkout it runs).
 """
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def parse_last_json(stdout: str) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise PeerError(f"a peer run printed no result; its output ended with: {stdout.strip()[-500:]!r}")
+
+
+def checkout_commit(checkout: Path) -> str:
+    """The short commit of an authors' checkout (``unknown`` when it is not a git clone)."""
+    p = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return p.stdout.strip() or "unknown"
 
 
 def main(argv=None) -> int:

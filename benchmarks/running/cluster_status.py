@@ -105,16 +105,26 @@ def status(training: Training, out: Path, entry: dict | None, done: set[str],
     return "failed", f"{job} is gone without its rows; {resume_hint(entry, ckpt)}; log: {log}"
 
 
+def statuses(trainings: list[Training], out: Path) -> dict[str, tuple[str, str]]:
+    """{training key: ``status``} of trainings of one suite, reading its rows, ``jobs.json`` and SLURM's account
+    (one ``sacct`` call) once for them all."""
+    if not trainings:
+        return {}
+    suite = trainings[0].first.suite
+    jobs, done = registry(out / suite / "submitit"), finished_hashes(out, suite)
+    entries = {t.key: jobs.get(t.key) for t in trainings}
+    states = slurm_states([e["job_id"] for e in entries.values() if e and e.get("cluster") == "slurm"])
+    return {t.key: status(t, out, entries[t.key], done, states) for t in trainings}
+
+
 def report(trainings: list[Training], out: Path) -> tuple[dict[str, list[str]], list[str]]:
     """{state: [training lines]} of every training, and the lines to print."""
     if not trainings:
         return {}, ["nothing to report: no cells selected"]
-    suite = trainings[0].first.suite
-    jobs, done = registry(out / suite / "submitit"), finished_hashes(out, suite)
-    states = slurm_states([e["job_id"] for e in jobs.values() if e.get("cluster") == "slurm"])
+    current = statuses(trainings, out)
     by_state: dict[str, list[str]] = {}
     for t in trainings:
-        state, detail = status(t, out, jobs.get(t.key), done, states)
+        state, detail = current[t.key]
         by_state.setdefault(state, []).append(f"{t.name}{f': {detail}' if detail else ''}")
     lines = []
     for state in ("finished", "running", "failed", "not started"):
